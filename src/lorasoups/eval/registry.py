@@ -1,0 +1,209 @@
+"""The registry of evaluation tasks.
+
+A :class:`Task` turns data-dir records into :class:`Item` s, renders prompts in the one prompt format
+shared with training (:mod:`lorasoups.prompts`; few-shot demos become earlier chat turns), turns a
+completion (and, for code tasks, the sandbox's :class:`~lorasoups.eval.sandbox.ExecResult`) into
+per-item scores, and aggregates them into metrics with standard errors. Bump a task's ``version``
+whenever its prompt, data selection, extraction or scoring changes, so results stay comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import DataError
+from ..prompts import has_chat_template, render_prompt, user_text
+from ..registry import Registry, lazy_loader
+from .metrics import Metric, mean_stderr
+
+TASK_MODULES = [
+    "lorasoups.eval.tasks.math_code",
+    "lorasoups.eval.tasks.math_words",
+    "lorasoups.eval.tasks.mbpp",
+    "lorasoups.eval.tasks.qa",
+    "lorasoups.eval.tasks.prompt_formats",
+]
+
+
+@dataclass
+class Item:
+    """One evaluation item.
+
+    Attributes:
+        id: stable id ``<task>-<index in the data file>`` (pairs items across runs).
+        instruction, input: the user turn (rendered with :func:`lorasoups.prompts.render_prompt`).
+        gold: what scoring compares against (a float, a string, a count...).
+        gold_text: the gold *response* whose likelihood is measured, or None (no likelihood).
+        meta: extra fields (e.g. MBPP tests, the prompt format number).
+    """
+
+    id: str
+    instruction: str
+    input: str | None = None
+    gold: Any = None
+    gold_text: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Demo:
+    """A few-shot demonstration: a user turn and the assistant's response."""
+
+    instruction: str
+    input: str | None
+    output: str
+
+
+def render_fewshot(tokenizer: Any, instruction: str, input: str | None = None, demos: Sequence[Demo] = (),
+                   system: str | None = None) -> str:
+    """The prompt for one item, preceded by few-shot demos.
+
+    Without demos this is exactly :func:`lorasoups.prompts.render_prompt` (the training format).
+    With a chat template, each demo is a user turn and an assistant turn before the item's user
+    turn; without one, the Alpaca-style blocks of the demos (prompt + response) are concatenated
+    before the item's block.
+    """
+    if not demos:
+        return render_prompt(tokenizer, instruction, input, system=system)
+    if has_chat_template(tokenizer):
+        msgs: list[dict[str, str]] = []
+        if system:
+            msgs.append({"role": "system", "content": system})
+        for d in demos:
+            msgs.append({"role": "user", "content": user_text(d.instruction, d.input)})
+            msgs.append({"role": "assistant", "content": d.output})
+        msgs.append({"role": "user", "content": user_text(instruction, input)})
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    parts = [render_prompt(tokenizer, d.instruction, d.input, style="alpaca") + d.output + "\n\n" for d in demos]
+    return "".join(parts) + render_prompt(tokenizer, instruction, input, style="alpaca")
+
+
+class Task:
+    """Base class of evaluation tasks. Subclasses set the class attributes and implement
+    :meth:`load_items` and :meth:`score`.
+
+    Attributes:
+        name, version, kind, description: shown by ``lorasoups ls tasks``; ``kind`` is one of
+            ``math_code``, ``math_words``, ``code``, ``qa``, ``rc``, ``prompt_formats``.
+        executes_code: completions are programs run in the sandbox (needs permission).
+        default_shots / max_shots: few-shot demos used by default / available.
+        max_new_tokens: default generation budget.
+        stop: strings that end a completion (the text from the stop string on is dropped).
+        stop_regex: a pattern that ends a completion after its match (e.g. a closed code fence).
+        timeout_s: per-program wall-clock limit in the sandbox.
+        likelihood_note: why there is no gold-answer likelihood, when there is none.
+    """
+
+    name: str = ""
+    version: str = "1"
+    kind: str = ""
+    description: str = ""
+    executes_code: bool = False
+    default_shots: int = 0
+    max_shots: int = 0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    stop_regex: str | None = None
+    system: str | None = None
+    timeout_s: float = 5.0
+    likelihood_note: str | None = None
+
+    # -- data -------------------------------------------------------------------------------
+    def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
+        raise NotImplementedError
+
+    def load_demos(self, data_dir: str | Path | None = None, shots: int | None = None) -> list[Demo]:
+        """The first ``shots`` demos (default :attr:`default_shots`)."""
+        return []
+
+    def _check_shots(self, shots: int | None) -> int:
+        k = self.default_shots if shots is None else int(shots)
+        if k < 0 or k > self.max_shots:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"task {self.name!r}: shots={k} out of range 0..{self.max_shots}")
+        return k
+
+    def render(self, tokenizer: Any, item: Item, demos: Sequence[Demo] = ()) -> str:
+        return render_fewshot(tokenizer, item.instruction, item.input, demos, system=self.system)
+
+    # -- scoring ----------------------------------------------------------------------------
+    def program(self, item: Item, completion: str) -> tuple[Any, str | None, str]:
+        """For code tasks: ``(Program | None, extracted code, how)``."""
+        return None, None, "no code"
+
+    def score(self, item: Item, completion: str, exec_result: Any = None, extracted: Any = None) -> dict[str, Any]:
+        """Per-item record fields: ``extracted``, ``status``, ``scores`` ({metric: float})."""
+        raise NotImplementedError
+
+    def aggregate(self, items: Sequence[Item], records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
+        """Mean and standard error of every per-item score."""
+        keys: list[str] = []
+        for r in records:
+            for k in r.get("scores", {}):
+                if k not in keys:
+                    keys.append(k)
+        return {k: mean_stderr([r.get("scores", {}).get(k) for r in records]) for k in keys}
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} v{self.version} ({self.kind})>"
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task) -> Task:
+    """Add a task instance to :data:`TASKS` (under ``task.name``)."""
+    TASKS.register(task.name, task)
+    return task
+
+
+_load = lazy_loader(TASK_MODULES)
+
+
+def load_tasks() -> Registry[Task]:
+    """Import the task modules (so they register) and return :data:`TASKS`."""
+    _load()
+    return TASKS
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        UnknownNameError: unknown name, with "did you mean" suggestions.
+    """
+    return load_tasks().get(name)
+
+
+def load_records(dataset: str, data_dir: str | Path | None, task: str) -> list[dict[str, Any]]:
+    """Records of a catalogue dataset for ``task``.
+
+    Raises:
+        DataError: the file is missing or malformed; the message names the task and the file.
+    """
+    from ..datasets import load_dataset
+
+    try:
+        recs = load_dataset(dataset, data_dir)
+    except DataError as e:
+        raise DataError(f"task {task!r} needs dataset {dataset!r}: {e}") from None
+    if not isinstance(recs, list):
+        raise DataError(f"task {task!r}: dataset {dataset!r} is raw text, not records")
+    return recs
+
+
+def require(rec: dict[str, Any], keys: Sequence[str], dataset: str, index: int) -> None:
+    """Raise DataError when ``rec`` lacks one of ``keys``."""
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise DataError(f"dataset {dataset!r} record {index}: missing field(s) {', '.join(missing)}")
+
+
+def format_number(v: float) -> str:
+    """``15.0`` -> ``15``, ``9.8`` -> ``9.8`` (for templated gold answers)."""
+    if float(v).is_integer():
+        return str(int(v))
+    return repr(float(v))

@@ -1,0 +1,69 @@
+"""``samples/<task>.jsonl``: one JSON object per evaluated item.
+
+Fields: ``id``, ``prompt``, ``completion`` (None when not generated), ``extracted`` (answer or
+program), ``status`` (execution status or extraction outcome), ``gold``, ``scores`` (per-item metric
+values, the inputs of every mean in ``results.json``), ``nll`` (gold / control likelihoods).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import DataError
+
+REQUIRED = ("id", "completion")
+
+
+def write_samples(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSON lines (non-finite floats become null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(_finite(r), ensure_ascii=False) + "\n")
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if x == x and x not in (float("inf"), float("-inf")) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """Read a samples file written by :func:`write_samples`.
+
+    Raises:
+        DataError: missing file, a line that is not valid JSON or not an object, or a record
+            without ``id`` / ``completion``; the message names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"samples file {path} not found")
+    out = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"samples file {path}: cannot read: {e}") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"samples file {path}: line {i} is not valid JSON ({e.msg}); "
+                            "the file is corrupt or truncated — re-run the evaluation") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"samples file {path}: line {i} is not a JSON object")
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise DataError(f"samples file {path}: line {i} lacks field(s) {', '.join(missing)}")
+        out.append(rec)
+    if not out:
+        raise DataError(f"samples file {path} is empty")
+    return out

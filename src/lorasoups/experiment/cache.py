@@ -1,0 +1,134 @@
+"""Content hashes for the experiment runner's step cache.
+
+A step's *key* is the SHA-256 of a canonical JSON document holding everything its output depends
+on: the step kind and options, the base model's fingerprint, the checksums of the data files it
+reads, and the content checksums of the outputs of the steps it consumes. A step is done when its
+output folder exists and its marker (``RUN_DIR/steps/<step id>.json``) records the same key, so
+
+- a re-run with the same config does nothing (every key matches);
+- deleting one output folder (or its marker) re-does only that step, and the steps downstream
+  only if its new output differs in content;
+- changing an option re-does the steps whose key it enters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..paths import atomic_write_text
+from ..provenance import sha256_file
+
+MARKER_VERSION = 1
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace variance (tuples as lists, Paths as str)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def hash_obj(obj: Any) -> str:
+    """Hex SHA-256 of :func:`canonical_json` of ``obj``."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+class FileHasher:
+    """SHA-256 of files and folders, memoised by (path, size, mtime_ns) in a JSON file so a big
+    base model is hashed once per run folder, not once per step.
+
+    Args:
+        memo: JSON file holding the memo (created on first save), or None for in-memory only.
+    """
+
+    def __init__(self, memo: str | Path | None = None):
+        self.memo_path = Path(memo) if memo else None
+        self._memo: dict[str, list] = {}
+        if self.memo_path and self.memo_path.is_file():
+            try:
+                self._memo = json.loads(self.memo_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                self._memo = {}
+        self._dirty = False
+
+    def file(self, path: str | Path) -> str:
+        """Hex SHA-256 of one file's bytes."""
+        p = Path(path).resolve()
+        st = p.stat()
+        k = str(p)
+        m = self._memo.get(k)
+        if m and m[0] == st.st_size and m[1] == st.st_mtime_ns:
+            return m[2]
+        h = sha256_file(p)
+        self._memo[k] = [st.st_size, st.st_mtime_ns, h]
+        self._dirty = True
+        return h
+
+    def folder(self, path: str | Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+        """Relative path -> SHA-256 of every regular file under ``path`` (names in ``exclude`` and
+        hidden files skipped)."""
+        root = Path(path)
+        out: dict[str, str] = {}
+        for f in sorted(root.rglob("*")):
+            rel = f.relative_to(root)
+            if not f.is_file() or any(part.startswith(".") for part in rel.parts) or rel.name in exclude:
+                continue
+            out[str(rel)] = self.file(f)
+        return out
+
+    def folder_digest(self, path: str | Path) -> str:
+        """One hex digest of what a step output *computes with*: its ``*.safetensors`` files and
+        ``adapter_config.json`` (logs, info files with timings and plots are left out, so an output
+        re-made with identical weights has the same digest). Folders without weights: all files."""
+        files = self.folder(path)
+        core = {k: v for k, v in files.items() if k.endswith(".safetensors") or Path(k).name == "adapter_config.json"}
+        return hash_obj(core or files)
+
+    def model_fingerprint(self, ref: str) -> dict[str, Any]:
+        """Identity of a base model: for a local folder, the checksums of its config, tokenizer and
+        weight files; for a hub id, the id itself."""
+        p = Path(ref)
+        if not p.is_dir():
+            return {"ref": ref}
+        files = {}
+        for f in sorted(p.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.suffix in (".json", ".safetensors", ".model", ".txt", ".jinja", ".bin"):
+                files[f.name] = self.file(f)
+        return {"files": files}
+
+    def save(self) -> None:
+        if self.memo_path and self._dirty:
+            atomic_write_text(self.memo_path, json.dumps(self._memo))
+            self._dirty = False
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker JSON of a finished step, or None when absent/unreadable."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def write_marker(path: Path, data: dict[str, Any]) -> None:
+    """Write a step marker atomically (temp file + rename)."""
+    atomic_write_text(path, json.dumps({"version": MARKER_VERSION, **data}, indent=1, default=str))
+
+
+def is_done(marker: Path, out: Path, key: str) -> bool:
+    """A step is done when its output exists and its marker records ``key``."""
+    m = read_marker(marker)
+    return bool(m) and m.get("key") == key and out.exists()
+
+
+def remove_path(p: Path) -> None:
+    """Remove a file or folder if present."""
+    import shutil
+
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        os.unlink(p)

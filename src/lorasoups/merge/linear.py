@@ -1,0 +1,34 @@
+"""``linear``: Σ_i w_i ΔW_i, written exactly as a rank-sum LoRA.
+
+Because the sum of LoRA updates is itself a LoRA of rank Σ r_i (see :mod:`.concat`), the linear
+merge needs no dense ΔW and no approximation: there are no cross terms w_i w_j B_i A_j, and negative
+weights (task negation) work (Ilharco et al. 2023, "Editing models with task arithmetic", sec. 2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..methods import register_method
+from ..types import LoraFactors
+from .concat import concat_factors
+
+
+@register_method("linear", kind="merge", space="concat",
+                 reference="Wortsman et al. 2022 (model soups); Ilharco et al. 2023 (task arithmetic)",
+                 description="Σ w_i ΔW_i, exact, written as a rank-sum LoRA (weights may be negative)")
+def linear(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:
+    """Weighted sum of LoRA updates, exact.
+
+    Args:
+        factors: per adapter A_i (r_i, d_in), B_i (d_out, r_i), scale s_i; None = module missing
+            in that adapter (contributes zero).
+        weights: w_i, one float per adapter (any sign).
+
+    Returns:
+        LoraFactors of rank Σ r_i (fp32, scale 1) with ``delta()`` = Σ_i w_i s_i B_i A_i.
+
+    Raises:
+        ValueError: see :func:`lorasoups.merge.concat.concat_factors`.
+    """
+    return concat_factors(factors, weights)

@@ -1,0 +1,37 @@
+"""``task_arithmetic``: λ Σ_i w_i ΔW_i (Ilharco et al. 2023, eq. 1, with task vectors ΔW_i).
+
+Exact like :mod:`.linear`: the result is the rank-sum LoRA with every weight multiplied by λ.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..errors import ConfigError
+from ..methods import register_method
+from ..types import LoraFactors
+from .concat import concat_factors
+
+
+@register_method("task_arithmetic", kind="merge", space="concat",
+                 reference="Ilharco et al. 2023 (Editing models with task arithmetic)",
+                 description="λ Σ w_i ΔW_i (λ = scaling_coef), exact rank-sum LoRA")
+def task_arithmetic(factors: Sequence[LoraFactors | None], weights: Sequence[float], *,
+                    scaling_coef: float = 1.0) -> LoraFactors:
+    """Task arithmetic: the sum of (weighted) task vectors scaled by λ.
+
+    Args:
+        factors: per adapter A_i (r_i, d_in), B_i (d_out, r_i), scale s_i; None = missing module.
+        weights: w_i per adapter (default 1 each in the driver).
+        scaling_coef: λ, a finite float (negative values negate the sum).
+
+    Returns:
+        Rank-Σr_i LoRA (fp32, scale 1) with ``delta()`` = λ Σ_i w_i ΔW_i.
+
+    Raises:
+        ConfigError: non-finite ``scaling_coef``.
+    """
+    if not math.isfinite(scaling_coef):
+        raise ConfigError(f"task_arithmetic: scaling_coef must be finite, got {scaling_coef}")
+    return concat_factors(factors, [scaling_coef * float(w) for w in weights])

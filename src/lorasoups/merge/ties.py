@@ -1,0 +1,72 @@
+"""``ties``: TIES-Merging (Yadav et al. 2023, "Resolving Interference When Merging Models", sec. 3).
+
+Steps, per module and per entry, on full deltas ΔW_i (n adapters):
+1. Trim: keep the top-``density`` fraction of each ΔW_i by magnitude (τ̂_i), zero the rest.
+2. Weight: τ̃_i = w_i τ̂_i (the paper has w_i = 1 and scales the result by λ afterwards; with
+   weights applied first, weights [1, 0, 0] return the first adapter and weight −1 negates).
+3. Elect sign: γ = sgn(Σ_i τ̃_i) (the sign with the larger total magnitude, paper eq. in sec. 3).
+4. Disjoint merge: mean over the adapters whose τ̃_i is non-zero and has sign γ:
+   τ_m = Σ_{i∈A} τ̃_i / |A|, with A = {i : sgn(τ̃_i) = γ ≠ 0}; entries with |A| = 0 are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..methods import register_method
+from .magnitude_prune import check_density, trim
+
+
+def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
+    """γ = sgn(Σ_i τ̃_i): (n, d_out, d_in) -> (d_out, d_in) with values in {−1, 0, +1}."""
+    return torch.sign(weighted.sum(dim=0))
+
+
+def disjoint_mean(weighted: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Mean over adapters of the non-zero entries that agree with ``sign``.
+
+    Args:
+        weighted: τ̃, (n, d_out, d_in) fp32.
+        sign: γ, (d_out, d_in) in {−1, 0, +1}.
+
+    Returns:
+        (d_out, d_in) fp32; 0 where no adapter agrees.
+    """
+    agree = (torch.sign(weighted) == sign.unsqueeze(0)) & (weighted != 0)  # (n, d_out, d_in) bool
+    total = (weighted * agree).sum(dim=0)  # (d_out, d_in)
+    count = agree.sum(dim=0).clamp_min(1)
+    return total / count
+
+
+def ties_merge(deltas: torch.Tensor, weights: torch.Tensor, density: float) -> torch.Tensor:
+    """Trim, weight, elect sign, disjoint mean (see module docstring).
+
+    Args:
+        deltas: (n, d_out, d_in) fp32. weights: (n,). density: 0 < density ≤ 1.
+    Returns:
+        (d_out, d_in) fp32.
+    """
+    weighted = trim(deltas.float(), density)  # (n, d_out, d_in), a new tensor
+    weighted *= weights.float().reshape(-1, 1, 1)
+    return disjoint_mean(weighted, elect_sign(weighted))
+
+
+@register_method("ties", kind="merge", space="delta", reference="Yadav et al. 2023 (TIES-Merging)",
+                 description="trim to top-density, elect sign, disjoint mean of agreeing entries, weighted")
+def ties(deltas: torch.Tensor, weights: torch.Tensor, *, density: float = 0.2) -> torch.Tensor:
+    """TIES-Merging of full deltas.
+
+    Args:
+        deltas: ΔW_i stacked, (n, d_out, d_in) fp32 (zeros for a module an adapter lacks, which
+            then never takes part in the disjoint mean).
+        weights: (n,) fp32, applied after trimming and before the sign election.
+        density: fraction of each ΔW_i kept by the trim step (the paper's k; 0.2 = top-20 %).
+
+    Returns:
+        merged ΔW, (d_out, d_in) fp32.
+
+    Raises:
+        ConfigError: density outside (0, 1].
+    """
+    check_density(density, "ties")
+    return ties_merge(deltas, weights, density)

@@ -1,0 +1,172 @@
+"""A linear layer with frozen LoRA experts mixed per token by a learned top-k router.
+
+For an adapted module with frozen base weight W (d_out, d_in) and n LoRA experts
+(A_i (r_i, d_in), B_i (d_out, r_i), scale s_i), a token's input x (d_in,) gives
+
+    l = R x                                  router logits, R (n, d_in), no bias
+    g = softmax over the top-k entries of l  (zero elsewhere)            (Shazeer et al. 2017, eq. 3-5)
+    y = W x + Σ_i g_i(x) s_i B_i A_i x
+
+The router reads the module's *own* input, so it works for every module, including ``down_proj``
+whose input has the MLP width rather than the hidden size. Experts are stacked so the sum is two
+matmuls: y = W x + B' ((A' x) ⊙ v(x)) with A' = [A_1; …; A_n] (R, d_in), B' = [B_1 | … | B_n]
+(d_out, R), R = Σ r_i, and v_j(x) = g_{owner(j)}(x) · s_{owner(j)} for rank column j.
+
+An adapter without this module is an expert with ΔW = 0 here (it keeps its router slot, like a
+"no-op" expert), which matches the concat merge where a missing module contributes nothing.
+Modules without a router mix their experts with fixed weights (default uniform 1/n, i.e. the
+linear / concat merge with weights 1/n).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import AdapterError, ConfigError
+from ..types import LoraFactors
+
+
+def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token gates: softmax over the top-k router logits, zero for the other experts.
+
+    Args:
+        logits: (..., n) router logits, float.
+        k: experts kept per token, 1 ≤ k ≤ n (k = n is a plain softmax).
+
+    Returns:
+        (gates (..., n) same dtype, summing to 1 over the last dim; indices (..., k) long of the
+        selected experts). Ties are broken by ``torch.topk`` (lower index first on CPU).
+
+    Raises:
+        ConfigError: k outside [1, n].
+    """
+    n = logits.shape[-1]
+    if not 1 <= k <= n:
+        raise ConfigError(f"top-k must be between 1 and the number of experts {n}, got {k}")
+    if k == n:
+        idx = torch.arange(n, device=logits.device).expand(logits.shape)
+        return torch.softmax(logits, dim=-1), idx
+    vals, idx = logits.topk(k, dim=-1)                              # (..., k)
+    gates = torch.zeros_like(logits).scatter(-1, idx, torch.softmax(vals, dim=-1))
+    return gates, idx
+
+
+def load_balance_loss(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss, extended to top-k (Fedus et al. 2022, eq. 4-6).
+
+    loss = n · Σ_i f_i · P_i, where f_i is the fraction of (token, slot) assignments routed to
+    expert i (k slots per token) and P_i the mean full-softmax router probability of expert i, both
+    over the scored tokens. It equals 1 for perfectly uniform routing and grows as routing
+    concentrates.
+
+    Args:
+        logits: (..., n) router logits.
+        idx: (..., k) selected experts per token.
+        mask: optional (...) bool/int, 1 on real tokens (padding excluded).
+
+    Returns:
+        0-d fp32 tensor, differentiable in ``logits`` (through P).
+    """
+    n, k = logits.shape[-1], idx.shape[-1]
+    probs = torch.softmax(logits.float(), dim=-1).reshape(-1, n)            # (T, n)
+    dispatch = torch.zeros_like(probs).scatter(-1, idx.reshape(-1, k), 1.0 / k)  # (T, n)
+    if mask is not None:
+        keep = mask.reshape(-1).bool()
+        probs, dispatch = probs[keep], dispatch[keep]
+    if probs.shape[0] == 0:
+        return torch.zeros((), device=logits.device)
+    return n * (dispatch.mean(0) * probs.mean(0)).sum()
+
+
+class MoeLoraLinear(nn.Module):
+    """Frozen ``nn.Linear`` + frozen LoRA experts, mixed per token by a router (or fixed weights).
+
+    Args:
+        base: the frozen base linear layer, weight (d_out, d_in).
+        factors: one entry per expert (n); ``None`` where that expert lacks the module (ΔW = 0).
+        top_k: experts per token (clipped to n).
+        routed: give this module a trainable router ``nn.Linear(d_in, n, bias=False)`` (fp32);
+            otherwise experts are mixed with the fixed weights ``mix`` (default uniform 1/n).
+        where: name used in error messages.
+
+    Attributes set from outside during training: ``token_mask`` ((b, T), excluded from the
+    balance statistics where 0) and ``collect_aux`` (store ``aux_loss`` on each forward).
+
+    Raises:
+        AdapterError: an expert's shape differs from the base module.
+        ConfigError: no expert has the module.
+    """
+
+    def __init__(self, base: nn.Linear, factors: Sequence[LoraFactors | None], *, top_k: int, routed: bool,
+                 mix: Sequence[float] | None = None, where: str = ""):
+        super().__init__()
+        self.base = base
+        self.n = len(factors)
+        present = [(i, f) for i, f in enumerate(factors) if f is not None]
+        if not present:
+            raise ConfigError(f"{where}: no expert adapts this module")
+        for i, f in present:
+            if (f.d_out, f.d_in) != (base.out_features, base.in_features):
+                raise AdapterError(f"{where}: expert {i} has ΔW shape (d_out {f.d_out}, d_in {f.d_in}) but the base "
+                                   f"module is (out {base.out_features}, in {base.in_features})")
+        self.top_k = max(1, min(int(top_k), self.n))
+        A = torch.cat([f.A.float() for _, f in present], dim=0)   # (R, d_in)
+        B = torch.cat([f.B.float() for _, f in present], dim=1)   # (d_out, R)
+        owner = torch.cat([torch.full((f.r,), i, dtype=torch.long) for i, f in present])          # (R,)
+        scale = torch.cat([torch.full((f.r,), float(f.scale), dtype=torch.float32) for _, f in present])  # (R,)
+        dev = base.weight.device
+        self.register_buffer("lora_A", A.to(dev), persistent=False)
+        self.register_buffer("lora_B", B.to(dev), persistent=False)
+        self.register_buffer("owner", owner.to(dev), persistent=False)
+        self.register_buffer("rank_scale", scale.to(dev), persistent=False)
+        w = torch.full((self.n,), 1.0 / self.n) if mix is None else torch.as_tensor(list(mix), dtype=torch.float32)
+        if w.shape != (self.n,):
+            raise ConfigError(f"{where}: fixed mixing weights need {self.n} entries, got {tuple(w.shape)}")
+        self.register_buffer("mix", w.to(dev), persistent=False)
+        self.router: nn.Linear | None = None
+        if routed:
+            self.router = nn.Linear(base.in_features, self.n, bias=False, device=dev, dtype=torch.float32)
+            nn.init.zeros_(self.router.weight)
+        self.token_mask: torch.Tensor | None = None
+        self.collect_aux = False
+        self.aux_loss: torch.Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # model code may read ``.weight`` of a projection (dtype checks)
+        return self.base.weight
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert weights (..., n) fp32 for inputs x (..., d_in); fixed ``mix`` when unrouted."""
+        x32 = x.float()
+        if self.router is None:
+            return self.mix.expand(*x.shape[:-1], self.n)
+        logits = self.router(x32)                                   # (..., n)
+        g, idx = topk_softmax(logits, self.top_k)
+        if self.collect_aux:
+            mask = self.token_mask
+            if mask is not None and mask.shape != x.shape[:-1]:
+                mask = None
+            self.aux_loss = load_balance_loss(logits, idx, mask)
+        return g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        x32 = x.float()
+        h = F.linear(x32, self.lora_A)                              # (..., R)
+        if self.router is None:
+            v = self.mix[self.owner] * self.rank_scale              # (R,)
+        else:
+            v = self.gates(x32)[..., self.owner] * self.rank_scale  # (..., R)
+        return y + F.linear(h * v, self.lora_B).to(y.dtype)        # (..., d_out)

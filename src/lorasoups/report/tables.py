@@ -1,0 +1,190 @@
+"""Method × metric tables (Markdown and CSV) from a results document.
+
+Cells are ``mean ± standard error`` as reported by the evaluation; the best value of each column
+(highest or lowest, by the column's ``better``) is marked: bold in Markdown, listed in the CSV's
+``best_in`` field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from .analysis import default_columns, metric_value
+
+
+def columns_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's columns: the config's ``report.columns``, else every metric of every task."""
+    return list(doc.get("columns") or default_columns(doc))
+
+
+def _num(x: Any, digits: int) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _digits(values: list[float]) -> int:
+    """3 decimals for values below 10, else 1."""
+    big = max((abs(v) for v in values), default=0.0)
+    return 3 if big < 10 else 1
+
+
+def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
+    """Method labels holding the best value of ``col`` (ties all marked); empty if < 2 values."""
+    vals = {m: metric_value(doc["results"], m, col["task"], col["metric"]) for m in doc["methods"]}
+    vals = {m: v["value"] for m, v in vals.items() if v and v.get("value") is not None and math.isfinite(v["value"])}
+    if len(vals) < 2:
+        return set()
+    best = max(vals.values()) if col.get("better", "higher") == "higher" else min(vals.values())
+    return {m for m, v in vals.items() if v == best}
+
+
+def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """(columns, rows) where each row is a list of cells ``{"value", "stderr", "n", "best"}``."""
+    cols = columns_of(doc)
+    best = [best_rows(doc, c) for c in cols]
+    rows = []
+    for m in doc["methods"]:
+        row = []
+        for c, b in zip(cols, best):
+            v = metric_value(doc["results"], m, c["task"], c["metric"]) or {}
+            row.append({"value": v.get("value"), "stderr": v.get("stderr"), "n": v.get("n"), "best": m in b})
+        rows.append(row)
+    return cols, rows
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The results table in Markdown: one row per method, one column per (task, metric)."""
+    cols, rows = table_rows(doc)
+    header = ["method", "kind"] + [f"{c['label']} {'↑' if c.get('better', 'higher') == 'higher' else '↓'}" for c in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(cols)) + "|"]
+    digits = [_digits([r[j]["value"] for r in rows if r[j]["value"] is not None]) for j in range(len(cols))]
+    for m, row in zip(doc["methods"], rows):
+        info = doc["methods"][m]
+        cells = [m, info.get("method", "")]
+        for j, cell in enumerate(row):
+            if cell["value"] is None:
+                cells.append("—")
+                continue
+            s = _num(cell["value"], digits[j])
+            if cell["stderr"] is not None:
+                s += f" ± {_num(cell['stderr'], digits[j])}"
+            cells.append(f"**{s}**" if cell["best"] else s)
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    ns = sorted({str(r[j]["n"]) for r in rows for j in range(len(cols)) if r[j]["n"] is not None})
+    foot = "Mean ± standard error; bold = best in column (↑ higher is better, ↓ lower is better)."
+    if ns:
+        by_col = []
+        for j, c in enumerate(cols):
+            nn = sorted({r[j]["n"] for r in rows if r[j]["n"] is not None})
+            if nn:
+                by_col.append(f"{c['label']}: {'/'.join(str(x) for x in nn)}")
+        foot += " Items per column: " + "; ".join(by_col) + "."
+    return "\n".join(lines) + "\n\n" + foot + "\n"
+
+
+def csv_table(doc: dict[str, Any]) -> str:
+    """The results table as CSV: ``method, kind, <col>, <col> stderr, <col> n, ..., best_in``."""
+    cols, rows = table_rows(doc)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["method", "kind"]
+    for c in cols:
+        head += [c["label"], f"{c['label']} stderr", f"{c['label']} n"]
+    head.append("best_in")
+    w.writerow(head)
+    for m, row in zip(doc["methods"], rows):
+        info = doc["methods"][m]
+        out: list[Any] = [m, info.get("method")]
+        for cell in row:
+            out += ["" if cell["value"] is None else repr(float(cell["value"])),
+                    "" if cell["stderr"] is None else repr(float(cell["stderr"])),
+                    "" if cell["n"] is None else cell["n"]]
+        out.append(";".join(c["label"] for c, cell in zip(cols, row) if cell["best"]))
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def analysis_markdown(doc: dict[str, Any]) -> str:
+    """Markdown sections for the super-linearity check and the paired differences."""
+    an = doc.get("analysis") or {}
+    parts: list[str] = []
+    sl = an.get("superlinearity") or []
+    if sl:
+        parts.append("## Super-linearity check\n")
+        parts.append("Gain over the base model of each composite method vs the sum of the single-skill "
+                     "gains on the composition target (LoRA Soups §5); gains are oriented so that "
+                     "positive = better. excess = gain − sum, with its paired standard error over the same "
+                     "items. Super-linearity is only meaningful when the single-skill gains are positive "
+                     "(marked † otherwise).\n")
+        parts.append("| column | method | gain | sum of single-skill gains | single gains | excess | super-linear |")
+        parts.append("|---|---|---:|---:|---|---:|:---:|")
+        for r in sl:
+            singles = ", ".join(f"{k} {v:+.3f}" for k, v in r["single_gains"].items())
+            ex = f"{r['excess']:+.3f}" + (f" ± {r['excess_stderr']:.3f}" if r.get("excess_stderr") is not None else "")
+            verdict = "yes" if r["superlinear"] else "no"
+            if r.get("excess_stderr"):
+                verdict += " (significant)" if abs(r["excess"]) >= 1.96 * r["excess_stderr"] else " (within noise)"
+            if not r.get("singles_all_positive", True):
+                verdict += " †"
+            parts.append(f"| {r['column']} | {r['method']} | {r['gain']:+.3f} | {r['sum_single_gains']:+.3f} | "
+                         f"{singles} | {ex} | {verdict} |")
+        parts.append("")
+    pr = an.get("paired") or []
+    if pr:
+        parts.append("## Paired differences\n")
+        parts.append("Per-item differences on the same items (method − reference), mean ± standard error; "
+                     "* = |z| ≥ 1.96.\n")
+        parts.append("| column | method | vs | difference | n | direction |")
+        parts.append("|---|---|---|---:|---:|---|")
+        for r in pr:
+            ref = r["vs"] + (f" ({r['ref']})" if r["vs"] == "best_single" else "")
+            parts.append(f"| {r['column']} | {r['method']} | {ref} | {r['diff']:+.4f} ± {r['stderr']:.4f}"
+                         f"{' *' if r['significant'] else ''} | {r['n']} | {r['direction']} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def timing_markdown(doc: dict[str, Any]) -> str:
+    """Wall time per stage (as produced; cached steps count the time they took when they ran)."""
+    tm = doc.get("timing") or {}
+    prod = tm.get("build_wall_s_when_produced") or {}
+    this = tm.get("this_run_stage_wall_s") or {}
+    if not prod and not this:
+        return ""
+    lines = ["## Wall time per stage\n", "| stage | seconds (when produced) | seconds (this invocation) |",
+             "|---|---:|---:|"]
+    for st in sorted(set(prod) | set(this), key=lambda s: list(prod).index(s) if s in prod else 99):
+        a, b = prod.get(st, 0.0), this.get(st, 0.0)
+        if a or b:
+            lines.append(f"| {st} | {a:.1f} | {b:.1f} |")
+    lines.append(f"\nThis invocation: {tm.get('this_run_wall_s', 0):.1f} s in total.\n")
+    return "\n".join(lines)
+
+
+def results_markdown(doc: dict[str, Any]) -> str:
+    """The whole ``results.md``: header, table, per-method lines, analysis, timing, provenance."""
+    prov = doc.get("provenance") or {}
+    title = f"# {doc.get('name', 'experiment')}" + (f" — preset `{doc['preset']}`" if doc.get("preset") else "")
+    head = [title, ""]
+    if doc.get("description"):
+        head += [doc["description"].strip(), ""]
+    head.append(f"Base model: `{doc.get('base')}`; commit `{prov.get('git_commit')}`; created {prov.get('created')}.")
+    head.append("")
+    body = [markdown_table(doc)]
+    body.append("## Methods\n")
+    for m, info in doc["methods"].items():
+        params = info.get("params") or {}
+        ps = ", ".join(f"{k}={v}" for k, v in params.items()) if params and info.get("kind") != "trained" else ""
+        body.append(f"- **{m}** ({info.get('method')}{': ' + ps if ps else ''}): {info.get('description') or ''}")
+    body.append("")
+    an = analysis_markdown(doc)
+    if an:
+        body.append(an)
+    t = timing_markdown(doc)
+    if t:
+        body.append(t)
+    return "\n".join(head + body)

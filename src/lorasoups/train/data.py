@@ -1,0 +1,643 @@
+"""Training data for skill LoRAs, DATA-MIX, CAT, LoRA Hub and MoE: data specs, record formats,
+tokenisation, raw-text chunking, seeded sampling and mixing, and batch collation.
+
+A *data spec* names a catalogue dataset (:data:`lorasoups.datasets.DATASETS`) or a file, optionally
+followed by ``:key=value,...`` options (see :func:`parse_data_spec`)::
+
+    gsm8k:max_samples=300     codealpaca:fraction=0.05     /x/y.json     dnd_manual:format=text
+
+Record formats (``format=`` key; ``auto`` picks one from the catalogue entry, the file suffix or the
+fields of the records):
+
+- ``instruction``: ``instruction``, optional ``input``, ``output`` (Alpaca, CodeAlpaca, prompt-format sets).
+- ``qa``: ``question`` -> ``answer`` (GSM8K: the worked solution ending in ``#### n`` is kept).
+- ``mbpp``: ``text`` -> ``code``.
+- ``squad``: ``context`` + ``question`` -> first of ``answers``; unanswerable questions are skipped.
+  Rendered like the LoRA Soups reading-comprehension test set (:data:`SQUAD_INSTRUCTION`), the
+  response being ``"the correct answer is <answer>"`` as in that set's ``output`` field.
+- ``text``: raw text for continued pre-training: the whole corpus is tokenised once, cut into
+  windows of ``cutoff_len`` tokens that overlap by ``text_overlap`` tokens and together cover every
+  token (:func:`chunk_spans`), with the loss on every token.
+
+Instruction-like records are turned into prompt/response token ids by the one prompt format shared
+with evaluation (:func:`lorasoups.prompts.render_prompt`, :func:`lorasoups.prompts.encode_pair`):
+the loss is on the response tokens only unless ``train_on_inputs``.
+
+Mixing (the DATA-MIX baseline of LoRA Soups, arXiv 2410.13025 §4): several specs are concatenated
+after per-spec sampling. If any spec carries ``weight=``, the mix is resampled so that spec ``i``
+contributes ``round(N · w_i / Σw)`` examples, ``N`` being the total of the per-spec selections
+(specs without a weight count as weight 1); smaller sets are repeated, larger ones subsampled.
+All randomness derives from ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..datasets import DATASETS, load_dataset, read_json_records, squad_records
+from ..errors import ConfigError, DataError
+from ..prompts import IGNORE_INDEX, encode_pair, render_prompt, user_text
+from ..registry import suggest
+
+FORMATS = ("auto", "instruction", "qa", "mbpp", "squad", "text")
+SPEC_KEYS = ("max_samples", "fraction", "weight", "format")
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+DEFAULT_TEXT_OVERLAP = 32
+
+SQUAD_INSTRUCTION = (
+    "Please use the information in the provided context to respond to the question below. "
+    "If there is not enough information provided, answer with 'Not in context'.\n\n"
+    "Context: {context}. \n\nQuestion: {question}"
+)
+SQUAD_RESPONSE = "the correct answer is {answer}"
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One ``--data`` argument.
+
+    Attributes:
+        source: catalogue dataset name or file path.
+        max_samples: keep at most this many examples (records, or chunks for raw text).
+        fraction: keep this fraction (0 < f <= 1) of the examples, at least one.
+        weight: mixing weight in DATA-MIX (see module docstring); None = plain union.
+        format: record format, one of :data:`FORMATS`.
+    """
+
+    source: str
+    max_samples: int | None = None
+    fraction: float | None = None
+    weight: float | None = None
+    format: str = "auto"
+
+    def __str__(self) -> str:
+        opts = [f"{k}={getattr(self, k)}" for k in SPEC_KEYS
+                if getattr(self, k) is not None and not (k == "format" and self.format == "auto")]
+        return self.source + (":" + ",".join(opts) if opts else "")
+
+    @property
+    def name(self) -> str:
+        """Short display name: the catalogue name, or the file name without suffix."""
+        return self.source if self.source in DATASETS else Path(self.source).stem
+
+
+_KV = re.compile(r"^\s*[A-Za-z_]+\s*=\s*[^,]*$")
+
+
+def parse_data_spec(spec: str | DataSpec) -> DataSpec:
+    """Parse ``SOURCE[:key=value,key=value]`` into a :class:`DataSpec`.
+
+    Keys: ``max_samples`` (int >= 1), ``fraction`` (0 < f <= 1), ``weight`` (> 0), ``format``
+    (one of :data:`FORMATS`). A colon whose tail is not ``key=value`` pairs is part of the path.
+
+    Raises:
+        ConfigError: empty source, unknown key (with "did you mean"), or a bad value; the
+            message quotes the spec.
+    """
+    if isinstance(spec, DataSpec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"data spec {spec!r}: empty; give a catalogue dataset name or a file path")
+    text = spec.strip()
+    source, opts = text, {}
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.strip() and all(_KV.match(p) for p in tail.split(",")):
+        source = head.strip()
+        for part in tail.split(","):
+            k, _, v = part.partition("=")
+            k, v = k.strip(), v.strip()
+            if k not in SPEC_KEYS:
+                raise ConfigError(f"data spec {spec!r}: unknown key {k!r}{suggest(k, SPEC_KEYS)}; "
+                                  f"keys: {', '.join(SPEC_KEYS)}")
+            opts[k] = v
+    if not source:
+        raise ConfigError(f"data spec {spec!r}: no dataset name or file before ':'")
+    kw: dict[str, Any] = {}
+    try:
+        if "max_samples" in opts:
+            kw["max_samples"] = int(opts["max_samples"])
+            if kw["max_samples"] < 1:
+                raise ValueError
+        if "fraction" in opts:
+            kw["fraction"] = float(opts["fraction"])
+            if not 0 < kw["fraction"] <= 1:
+                raise ValueError
+        if "weight" in opts:
+            kw["weight"] = float(opts["weight"])
+            if not (kw["weight"] > 0 and math.isfinite(kw["weight"])):
+                raise ValueError
+    except ValueError:
+        raise ConfigError(f"data spec {spec!r}: bad value; max_samples is an integer >= 1, fraction is in "
+                          "(0, 1], weight is a positive number") from None
+    if "format" in opts:
+        if opts["format"] not in FORMATS:
+            raise ConfigError(f"data spec {spec!r}: unknown format {opts['format']!r}"
+                              f"{suggest(opts['format'], FORMATS)}; formats: {', '.join(FORMATS)}")
+        kw["format"] = opts["format"]
+    return DataSpec(source=source, **kw)
+
+
+def with_weights(specs: Sequence[str | DataSpec], weights: Sequence[float] | None) -> list[DataSpec]:
+    """Attach mixing ``weights`` (one per spec) to ``specs``; None leaves them unchanged.
+
+    Raises:
+        ConfigError: wrong number of weights or a non-positive weight.
+    """
+    parsed = [parse_data_spec(s) for s in specs]
+    if weights is None:
+        return parsed
+    if len(weights) != len(parsed):
+        raise ConfigError(f"{len(weights)} mixing weights given for {len(parsed)} datasets; give one per --data")
+    out = []
+    for s, w in zip(parsed, weights):
+        if not (float(w) > 0 and math.isfinite(float(w))):
+            raise ConfigError(f"mixing weight {w} for {s.source}: must be a positive number")
+        out.append(replace(s, weight=float(w)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading records
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TextExample:
+    """An instruction-like example before tokenisation.
+
+    Attributes:
+        instruction: the task text; ``input``: optional extra input; ``output``: the target response.
+        where: ``"<file>: record <i>"`` (0-based index in the file), used in error messages.
+    """
+
+    instruction: str
+    input: str
+    output: str
+    where: str
+
+
+@dataclass
+class LoadedSource:
+    """A spec resolved and read: raw text (``text``) or records (``examples``), plus provenance."""
+
+    spec: DataSpec
+    path: Path
+    format: str
+    catalogue: str | None
+    text: str | None = None
+    examples: list[TextExample] = field(default_factory=list)
+    n_records: int = 0
+    n_skipped: int = 0
+
+
+def resolve_path(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[Path, str | None]:
+    """The file a spec reads and its catalogue name (None for a plain file).
+
+    Raises:
+        DataError: neither a catalogue name nor an existing file (with "did you mean"), or the
+            catalogue file is missing from the data dir.
+    """
+    if spec.source in DATASETS:
+        return DATASETS.get(spec.source).path(data_dir), spec.source
+    p = Path(spec.source).expanduser()
+    if p.is_file():
+        return p.resolve(), None
+    if p.exists():
+        raise DataError(f"data {spec.source}: {p} is not a file")
+    looks_like_path = "/" in spec.source or p.suffix.lower() in (".json", ".jsonl") + TEXT_SUFFIXES
+    if looks_like_path:
+        raise DataError(f"data file {p} not found")
+    raise DataError(f"data {spec.source!r} is neither a catalogue dataset{suggest(spec.source, DATASETS.names())} "
+                    f"nor an existing file; see `lorasoups ls datasets`")
+
+
+def _catalogue_format(name: str) -> str:
+    info = DATASETS.get(name)
+    if info.fmt in ("text", "bio_passages"):
+        return "text"
+    if info.fmt == "squad":
+        return "squad"
+    if name.startswith("gsm8k"):
+        return "qa"
+    if name == "mbpp":
+        return "mbpp"
+    return "instruction"
+
+
+_REQUIRED = {"instruction": ("instruction", "output"), "qa": ("question", "answer"), "mbpp": ("text", "code"),
+             "squad": ("context", "question", "answers")}
+
+
+def _detect_format(rec: dict[str, Any]) -> str | None:
+    for fmt in ("instruction", "qa", "mbpp", "squad"):
+        if all(k in rec for k in _REQUIRED[fmt]):
+            return fmt
+    if "instruction" in rec:
+        return "instruction"
+    return None
+
+
+def _field(rec: dict[str, Any], key: str, where: str, fmt: str, required: bool = True) -> str:
+    v = rec.get(key)
+    if v is None:
+        if not required:
+            return ""
+        have = ", ".join(sorted(rec)) or "none"
+        if key in rec:
+            raise DataError(f"{where}: field {key!r} is null (format {fmt!r})")
+        raise DataError(f"{where}: missing field {key!r} for format {fmt!r} (record has fields: {have})")
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
+    return str(v)
+
+
+def record_to_example(rec: dict[str, Any], fmt: str, where: str) -> TextExample | None:
+    """Convert one record of format ``fmt`` (not ``text``) to a :class:`TextExample`.
+
+    Returns None for records that are skipped by design (unanswerable SQuAD questions).
+
+    Raises:
+        DataError: missing, null or non-string fields, or (``auto``) no known field set; names ``where``.
+    """
+    if fmt == "auto":
+        det = _detect_format(rec)
+        if det is None:
+            raise DataError(f"{where}: cannot tell the record format from its fields ({', '.join(sorted(rec)) or 'none'}); "
+                            "expected instruction/input/output, question/answer, text/code or context/question/answers, "
+                            "or set :format=...")
+        fmt = det
+    if fmt == "instruction":
+        return TextExample(_field(rec, "instruction", where, fmt), _field(rec, "input", where, fmt, required=False),
+                           _field(rec, "output", where, fmt), where)
+    if fmt == "qa":
+        return TextExample(_field(rec, "question", where, fmt), "", _field(rec, "answer", where, fmt), where)
+    if fmt == "mbpp":
+        code = _field(rec, "code", where, fmt).replace("\r\n", "\n")
+        return TextExample(_field(rec, "text", where, fmt), "", code, where)
+    if fmt == "squad":
+        ctx, q = _field(rec, "context", where, fmt), _field(rec, "question", where, fmt)
+        answers = rec.get("answers")
+        if not isinstance(answers, list):
+            raise DataError(f"{where}: field 'answers' must be a list for format 'squad'")
+        texts = [a.get("text") if isinstance(a, dict) else a for a in answers]
+        texts = [str(t) for t in texts if t is not None and str(t).strip()]
+        if rec.get("is_impossible") or not texts:
+            return None
+        return TextExample(SQUAD_INSTRUCTION.format(context=ctx.strip().rstrip("."), question=q.strip()), "",
+                           SQUAD_RESPONSE.format(answer=texts[0].strip()), where)
+    raise DataError(f"{where}: format {fmt!r} is not a record format")
+
+
+def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> LoadedSource:
+    """Resolve and read one spec (no sampling, no tokenisation).
+
+    Raises:
+        DataError: unknown/missing dataset, unreadable or non-JSON file, a bad record (names the
+            file and record), or an empty dataset.
+        ConfigError: a bad spec string.
+    """
+    spec = parse_data_spec(spec)
+    path, cat = resolve_path(spec, data_dir)
+    fmt = spec.format
+    if fmt == "auto":
+        if cat is not None:
+            fmt = _catalogue_format(cat)
+        elif path.suffix.lower() in TEXT_SUFFIXES:
+            fmt = "text"
+    src = LoadedSource(spec=spec, path=path, format=fmt, catalogue=cat)
+    if fmt == "text":
+        if cat is not None and DATASETS.get(cat).fmt in ("text", "bio_passages"):
+            text = load_dataset(cat, data_dir)
+            assert isinstance(text, str)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise DataError(f"{path}: cannot read as UTF-8 text: {e}") from None
+        if not text.strip():
+            raise DataError(f"{path}: empty dataset (no text)")
+        src.text = text
+        return src
+    if fmt == "squad" and (cat is not None and DATASETS.get(cat).fmt == "squad" or _is_nested_squad(path)):
+        records = squad_records(path)
+    else:
+        records = read_json_records(path)
+    src.n_records = len(records)
+    if not records:
+        raise DataError(f"{path}: empty dataset (no records)")
+    for i, rec in enumerate(records):
+        ex = record_to_example(rec, fmt, f"{path}: record {i}")
+        if ex is None:
+            src.n_skipped += 1
+        else:
+            src.examples.append(ex)
+    if not src.examples:
+        raise DataError(f"{path}: no usable records ({src.n_skipped} of {len(records)} skipped as unanswerable)")
+    if src.format == "auto":
+        src.format = "auto:" + ",".join(sorted({_detect_format(r) or "?" for r in records[:50]}))
+    return src
+
+
+def _is_nested_squad(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8")[:4096]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '"paragraphs"' in head
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling, chunking, tokenisation
+# --------------------------------------------------------------------------------------------
+
+def _rng(seed: int, *salt: object) -> random.Random:
+    """A ``random.Random`` from ``seed`` and a salt, stable across processes (no ``hash()``)."""
+    return random.Random((int(seed) << 32) ^ zlib.crc32("|".join(map(str, salt)).encode()))
+
+
+def select_count(n: int, max_samples: int | None = None, fraction: float | None = None) -> int:
+    """How many of ``n`` items to keep: ``round(n · fraction)`` (at least 1), capped at ``max_samples``."""
+    k = n
+    if fraction is not None:
+        k = max(1, int(round(n * fraction)))
+    if max_samples is not None:
+        k = min(k, int(max_samples))
+    return min(k, n)
+
+
+def select_indices(n: int, k: int, rng: random.Random) -> list[int]:
+    """``k`` distinct indices out of ``range(n)`` in file order (all of them when ``k >= n``)."""
+    if k >= n:
+        return list(range(n))
+    return sorted(rng.sample(range(n), k))
+
+
+def take_with_repeat(items: Sequence[Any], k: int, rng: random.Random) -> list[Any]:
+    """Exactly ``k`` items: whole copies of ``items`` while ``k >= len(items)``, then a random
+    subset without replacement for the remainder."""
+    n = len(items)
+    if n == 0 or k <= 0:
+        return []
+    full, rest = divmod(k, n)
+    out = list(items) * full
+    out += [items[i] for i in sorted(rng.sample(range(n), rest))]
+    return out
+
+
+def mix_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Per-source counts for a weighted mix of ``N = sum(sizes)`` examples: ``N · w_i / Σw``
+    rounded by largest remainder (so they sum to ``N``), each at least 1."""
+    total, wsum = int(sum(sizes)), float(sum(weights))
+    raw = [total * w / wsum for w in weights]
+    counts = [int(math.floor(x)) for x in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return [max(1, c) for c in counts]
+
+
+def chunk_spans(n_tokens: int, cutoff_len: int, overlap: int) -> list[tuple[int, int]]:
+    """Windows ``[start, end)`` over ``n_tokens`` tokens for continued pre-training.
+
+    Each window has ``cutoff_len`` tokens (the last one may be shorter); consecutive windows share
+    exactly ``overlap`` tokens; the first starts at 0 and the last ends at ``n_tokens``, so every
+    token is covered.
+
+    Raises:
+        ConfigError: ``cutoff_len < 2`` or ``overlap`` not in ``[0, cutoff_len)``.
+    """
+    if cutoff_len < 2:
+        raise ConfigError(f"cutoff length {cutoff_len} is too short for raw-text chunks")
+    if not 0 <= overlap < cutoff_len:
+        raise ConfigError(f"text overlap {overlap} must be in [0, cutoff length {cutoff_len})")
+    spans, start = [], 0
+    while True:
+        end = min(start + cutoff_len, n_tokens)
+        spans.append((start, end))
+        if end >= n_tokens:
+            return spans
+        start = end - overlap
+
+
+def tokenize_text(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
+    """Token ids of a whole corpus (no special tokens; EOS appended when ``add_eos``)."""
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    if add_eos and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def text_chunks(tokenizer: Any, text: str, cutoff_len: int, overlap: int = DEFAULT_TEXT_OVERLAP) -> list[dict[str, list[int]]]:
+    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token."""
+    ids = tokenize_text(tokenizer, text)
+    out = []
+    for s, e in chunk_spans(len(ids), cutoff_len, min(overlap, cutoff_len // 2)):
+        piece = ids[s:e]
+        out.append({"input_ids": piece, "labels": list(piece)})
+    return out
+
+
+def encode_example(tokenizer: Any, ex: TextExample, cutoff_len: int | None, train_on_inputs: bool = False) -> dict[str, list[int]]:
+    """Prompt (shared format, :func:`lorasoups.prompts.render_prompt`) + response -> ids and labels.
+
+    Raises:
+        DataError: the prompt is not shorter than ``cutoff_len`` (names the file and record).
+    """
+    prompt = render_prompt(tokenizer, ex.instruction, ex.input or None)
+    try:
+        return encode_pair(tokenizer, prompt, ex.output, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
+                           where=ex.where)
+    except DataError as e:
+        raise DataError(f"{e}; raise --cutoff-len or drop the record") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SourceStats:
+    """What one spec contributed (for ``train_info.json``)."""
+
+    spec: str
+    name: str
+    file: str
+    format: str
+    available: int          # records (or raw-text chunks) usable
+    selected: int           # after max_samples / fraction
+    in_mix: int             # after weighting (== selected without weights)
+    skipped: int = 0        # records skipped (unanswerable, or too long with skip_long_prompts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainingData:
+    """Tokenised, mixed and shuffled examples plus per-source statistics."""
+
+    examples: list[dict[str, list[int]]]
+    sources: list[SourceStats]
+    files: list[Path]
+
+
+def load_training_data(specs: Iterable[str | DataSpec], tokenizer: Any, *, cutoff_len: int = 512,
+                       max_samples: int | None = None, fraction: float | None = None, seed: int = 0,
+                       train_on_inputs: bool = False, data_dir: str | Path | None = None,
+                       text_overlap: int = DEFAULT_TEXT_OVERLAP, skip_long_prompts: bool = False) -> TrainingData:
+    """Like :func:`load_training_examples`, also returning per-source statistics and files."""
+    parsed = [parse_data_spec(s) for s in specs]
+    if not parsed:
+        raise ConfigError("no training data given; pass at least one --data")
+    per_source: list[list[dict[str, list[int]]]] = []
+    stats: list[SourceStats] = []
+    files: list[Path] = []
+    for idx, spec in enumerate(parsed):
+        src = load_source(spec, data_dir)
+        files.append(src.path)
+        rng = _rng(seed, "select", idx, spec.source)
+        ms = spec.max_samples if spec.max_samples is not None else max_samples
+        fr = spec.fraction if spec.fraction is not None else fraction
+        skipped = src.n_skipped
+        if src.text is not None:
+            chunks = text_chunks(tokenizer, src.text, cutoff_len, text_overlap)
+            keep = [chunks[i] for i in select_indices(len(chunks), select_count(len(chunks), ms, fr), rng)]
+            available = len(chunks)
+        else:
+            available = len(src.examples)
+            keep = []
+            for i in select_indices(available, select_count(available, ms, fr), rng):
+                try:
+                    keep.append(encode_example(tokenizer, src.examples[i], cutoff_len, train_on_inputs))
+                except DataError:
+                    if not skip_long_prompts:
+                        raise
+                    skipped += 1
+            if not keep:
+                raise DataError(f"{src.path}: no example fits the cutoff length {cutoff_len}")
+        per_source.append(keep)
+        stats.append(SourceStats(str(spec), spec.name, str(src.path), src.format, available, len(keep), len(keep), skipped))
+    if any(s.weight is not None for s in parsed):
+        weights = [s.weight if s.weight is not None else 1.0 for s in parsed]
+        counts = mix_counts([len(x) for x in per_source], weights)
+        per_source = [take_with_repeat(x, c, _rng(seed, "mix", i)) for i, (x, c) in enumerate(zip(per_source, counts))]
+        for st, x in zip(stats, per_source):
+            st.in_mix = len(x)
+    examples = [ex for x in per_source for ex in x]
+    _rng(seed, "shuffle").shuffle(examples)
+    return TrainingData(examples, stats, files)
+
+
+def load_training_examples(specs: list[str | DataSpec], tokenizer: Any, *, cutoff_len: int = 512,
+                           max_samples: int | None = None, fraction: float | None = None, seed: int = 0,
+                           train_on_inputs: bool = False, data_dir: str | Path | None = None,
+                           **kwargs: Any) -> list[dict[str, list[int]]]:
+    """Tokenised training examples for one or more data specs (their union, or a weighted mix).
+
+    Args:
+        specs: data specs (strings or :class:`DataSpec`); per-spec ``max_samples``/``fraction``
+            override the function-level ones, which apply to *each* spec.
+        tokenizer: HF tokenizer of the base model (its chat template decides the prompt format).
+        cutoff_len: maximum tokens per example; responses are truncated to fit, raw text is
+            chunked to it.
+        seed: seeds sampling, mixing and the final shuffle (stable across processes).
+        train_on_inputs: also put the loss on prompt tokens.
+        data_dir: where catalogue datasets live (:func:`lorasoups.paths.find_data_dir`).
+        **kwargs: ``text_overlap`` (tokens shared by consecutive raw-text chunks, default 32, at
+            most ``cutoff_len // 2``), ``skip_long_prompts`` (drop instead of failing on prompts
+            not shorter than ``cutoff_len``).
+
+    Returns:
+        A shuffled list of ``{"input_ids": list[int], "labels": list[int]}`` (same lengths, at most
+        ``cutoff_len``; labels are ``IGNORE_INDEX`` = -100 where no loss is taken).
+
+    Raises:
+        DataError: unknown dataset, missing/unreadable/non-JSON file, a record with missing
+            fields, an empty dataset, or a prompt not shorter than ``cutoff_len`` — each naming the
+            file and record.
+        ConfigError: a malformed spec.
+    """
+    return load_training_data(specs, tokenizer, cutoff_len=cutoff_len, max_samples=max_samples, fraction=fraction,
+                              seed=seed, train_on_inputs=train_on_inputs, data_dir=data_dir, **kwargs).examples
+
+
+def load_records(spec: str | DataSpec, data_dir: str | Path | None = None, *, seed: int = 0,
+                 max_samples: int | None = None, fraction: float | None = None) -> list[TextExample]:
+    """The instruction-like examples of a spec (seeded ``max_samples``/``fraction`` applied), in file order.
+
+    Raises:
+        DataError: as :func:`load_source`, or the spec is raw text (it has no prompt/response pairs).
+    """
+    spec = parse_data_spec(spec)
+    src = load_source(spec, data_dir)
+    if src.text is not None:
+        raise DataError(f"{src.path}: raw-text data has no prompt/response pairs")
+    ms = spec.max_samples if spec.max_samples is not None else max_samples
+    fr = spec.fraction if spec.fraction is not None else fraction
+    n = len(src.examples)
+    return [src.examples[i] for i in select_indices(n, select_count(n, ms, fr), _rng(seed, "select", 0, spec.source))]
+
+
+def load_text_pairs(spec: str | DataSpec, data_dir: str | Path | None = None, *, tokenizer: Any = None,
+                    seed: int = 0, max_samples: int | None = None, fraction: float | None = None) -> list[tuple[str, str]]:
+    """(prompt, response) text pairs of a spec, exactly as training sees them.
+
+    With ``tokenizer`` the prompt is the full rendered prompt (:func:`lorasoups.prompts.render_prompt`,
+    chat template or Alpaca); without it, the bare user text (instruction, blank line, input) for
+    callers that render it themselves. Responses carry no end-of-sequence token.
+
+    Raises:
+        DataError: as :func:`load_records`.
+    """
+    out = []
+    for ex in load_records(spec, data_dir, seed=seed, max_samples=max_samples, fraction=fraction):
+        prompt = render_prompt(tokenizer, ex.instruction, ex.input or None) if tokenizer is not None \
+            else user_text(ex.instruction, ex.input or None)
+        out.append((prompt, ex.output))
+    return out
+
+
+def collate(examples: Sequence[dict[str, Sequence[int]]], pad_token_id: int | None) -> dict[str, Any]:
+    """Right-pad a batch.
+
+    Args:
+        examples: dicts with ``input_ids`` and (optionally) ``labels`` lists of equal length.
+        pad_token_id: id written into padding positions (None -> 0; it is masked anyway).
+
+    Returns:
+        ``input_ids`` (B, T) int64, ``attention_mask`` (B, T) int64 (1 on real tokens), ``labels``
+        (B, T) int64 with ``IGNORE_INDEX`` (-100) on padding (copies ``input_ids`` when an
+        example has no labels); T is the longest example.
+
+    Raises:
+        DataError: empty batch, or ``input_ids`` and ``labels`` of different lengths.
+    """
+    import torch
+
+    if not examples:
+        raise DataError("collate: empty batch")
+    pad = 0 if pad_token_id is None else int(pad_token_id)
+    T = max(len(e["input_ids"]) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        x = list(e["input_ids"])
+        y = list(e.get("labels", x))
+        if len(y) != len(x):
+            raise DataError(f"collate: example {i} has {len(x)} input_ids but {len(y)} labels")
+        n = len(x)
+        ids[i, :n] = torch.tensor(x, dtype=torch.long)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(y, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,471 @@
+"""Skill LoRA training (supervised fine-tuning) and the DATA-MIX baseline.
+
+:func:`train_lora` injects a LoRA with PEFT, trains it with the Hugging Face ``Trainer`` (which runs
+DDP under ``torchrun`` / ``accelerate launch``, gloo on CPU) and saves a standard PEFT adapter
+folder with ``train_info.json`` and ``train_log.jsonl`` beside the weights.
+
+DATA-MIX (LoRA Soups, Prabhakar et al. 2024, arXiv 2410.13025, §4 baselines) is the same procedure
+on the union of all skills' data, optionally with mixing weights (:mod:`lorasoups.train.data`).
+
+Working files: checkpoints live in a hidden sibling folder ``<out parent>/.<out name>.work/`` so a
+killed run can be continued with ``resume=True``; the output folder itself is written atomically
+(:func:`lorasoups.paths.atomic_dir`) only when training has finished, and the work folder is
+removed then (unless ``keep_checkpoints``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from ..methods import register_method
+from ..paths import atomic_dir, check_not_input
+from ..registry import suggest
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+@dataclass
+class TrainOptions:
+    """Options of :func:`train_lora` (CLI flags mirror them: ``learning_rate`` -> ``--learning-rate``).
+
+    Defaults aim at a skill LoRA on SmolLM2-135M that learns its answer format within about ten
+    CPU minutes: 200 steps of 8 examples of at most 256 tokens (≈ 250k training tokens), rank 8
+    on all attention and MLP projections, learning rate 5e-4 with 10 warm-up steps and cosine decay.
+    """
+
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    learning_rate: float = 5e-4
+    max_steps: int | None = 200
+    epochs: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    cutoff_len: int = 256
+    warmup_steps: int = 10
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.0
+    max_samples: int | None = None
+    fraction: float | None = None
+    weights: list[float] | None = None
+    train_on_inputs: bool = False
+    text_overlap: int = 32
+    skip_long_prompts: bool = False
+    precision: str = "auto"
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raises ConfigError naming every bad option."""
+        bad = []
+        if self.r < 1:
+            bad.append(f"r must be >= 1, got {self.r}")
+        if not 0 <= self.lora_dropout < 1:
+            bad.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.target_modules:
+            bad.append("target_modules is empty")
+        if not self.learning_rate > 0:
+            bad.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if (self.max_steps is None or self.max_steps <= 0) and (self.epochs is None or self.epochs <= 0):
+            bad.append("give max_steps > 0 or epochs > 0")
+        for k in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
+            if getattr(self, k) < 1:
+                bad.append(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.cutoff_len < 8:
+            bad.append(f"cutoff_len must be >= 8, got {self.cutoff_len}")
+        if not 0 <= self.val_fraction < 1:
+            bad.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision {self.precision!r}{suggest(self.precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
+        if self.lr_scheduler not in SCHEDULERS:
+            bad.append(f"lr_scheduler {self.lr_scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        if bad:
+            raise ConfigError("train: " + "; ".join(bad), bad)
+
+
+OPTION_NAMES = [f.name for f in dataclasses.fields(TrainOptions)]
+# Runner-only keywords of train_lora that are not training hyper-parameters.
+RUN_KEYWORDS = ("resume", "overwrite", "keep_checkpoints", "progress", "callbacks")
+
+
+def make_options(**options: Any) -> TrainOptions:
+    """Build and validate :class:`TrainOptions`; unknown names raise ConfigError with suggestions."""
+    for k in options:
+        if k not in OPTION_NAMES:
+            raise ConfigError(f"train: unknown option {k!r}{suggest(k, OPTION_NAMES)}; options: {', '.join(OPTION_NAMES)}")
+    given = {k: v for k, v in options.items() if v is not None or k == "max_steps"}
+    if given.get("epochs") and "max_steps" not in given:
+        given["max_steps"] = None  # epochs given alone: train whole epochs
+    opts = TrainOptions(**given)
+    if isinstance(opts.target_modules, str):
+        opts.target_modules = [t.strip() for t in opts.target_modules.split(",") if t.strip()]
+    opts.validate()
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+def cpu_flags() -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: str) -> tuple[str, str]:
+    """Choose the autocast precision for training.
+
+    ``auto``: on CUDA, bf16 where supported else fp16; on CPU, bf16 when the CPU has native bf16
+    arithmetic (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``), else fp32. LoRA weights and
+    optimizer state stay fp32 in every case (autocast only lowers the matmuls).
+
+    Returns:
+        ``(precision, reason)`` with precision in ``fp32 | bf16 | fp16``.
+
+    Raises:
+        ConfigError: unknown value, or fp16 on CPU.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}{suggest(precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
+    if device == "cuda":
+        if precision == "auto":
+            return ("bf16", "auto: CUDA device supports bf16") if torch.cuda.is_bf16_supported() else \
+                ("fp16", "auto: CUDA device without bf16 support")
+        return precision, "requested"
+    if precision == "fp16":
+        raise ConfigError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
+    flags = cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}
+    if precision == "auto":
+        if flags & {"avx512_bf16", "amx_bf16"}:
+            return "bf16", f"auto: CPU has {', '.join(sorted(flags))}"
+        return "fp32", "auto: CPU lacks avx512_bf16/amx_bf16"
+    if precision == "bf16" and not flags & {"avx512_bf16", "amx_bf16"}:
+        return "bf16", "requested (CPU lacks native bf16: expect it to be slow)"
+    return precision, "requested"
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer glue
+# --------------------------------------------------------------------------------------------
+
+def work_dir_for(out: str | os.PathLike) -> Path:
+    """The checkpoint folder of a run writing ``out``: ``<parent>/.<name>.work``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.work"
+
+
+def _callbacks():
+    """TrainerCallback classes (defined lazily so importing this module stays light)."""
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """Appends ``{step, loss, lr, tokens_per_s, grad_norm, epoch, time_s}`` lines (rank 0)."""
+
+        def __init__(self, path: Path):
+            self.path = path
+            self.last_t = None
+            self.last_tokens = 0
+            self.last = {}
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.last_t = time.perf_counter()
+            self.last_tokens = state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.perf_counter()
+            if "loss" in logs:
+                dt = max(now - self.last_t, 1e-9)
+                rec = {"step": state.global_step, "loss": round(float(logs["loss"]), 6),
+                       "lr": float(logs.get("learning_rate", 0.0)),
+                       "tokens_per_s": round((state.num_input_tokens_seen - self.last_tokens) / dt, 2),
+                       "grad_norm": None if logs.get("grad_norm") is None else round(float(logs["grad_norm"]), 6),
+                       "epoch": round(float(state.epoch or 0), 4), "tokens": int(state.num_input_tokens_seen)}
+                self.last_t, self.last_tokens = now, state.num_input_tokens_seen
+            elif "eval_loss" in logs:
+                rec = {"step": state.global_step, "val_loss": round(float(logs["eval_loss"]), 6)}
+            else:
+                return
+            self.last = rec
+            if state.is_world_process_zero:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+    class ProgressBar(TrainerCallback):
+        """A tqdm bar (rank 0) showing loss and tokens/s."""
+
+        def __init__(self, log: JsonlLog):
+            self.log, self.bar = log, None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.bar is not None and "loss" in self.log.last:
+                self.bar.set_postfix(loss=f"{self.log.last['loss']:.4f}", tok_s=f"{self.log.last['tokens_per_s']:.0f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return JsonlLog, ProgressBar
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (by a run killed after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def _comparable(options: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(options, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume: bool = False,
+               overwrite: bool = False, keep_checkpoints: bool = False, progress: bool = True,
+               callbacks: Sequence[Any] | None = None, **options: Any) -> Path:
+    """Train one LoRA on ``data`` (one spec: a skill LoRA; several: DATA-MIX) and save it to ``out``.
+
+    Args:
+        base: base model (embedded name such as ``smollm2-135m``, HF folder, or hub id).
+        data: data specs (see :func:`lorasoups.train.data.parse_data_spec`).
+        out: output adapter folder (standard PEFT: ``adapter_config.json``,
+            ``adapter_model.safetensors``) plus ``train_info.json`` and ``train_log.jsonl``.
+        resume: continue from the newest checkpoint in ``.<out>.work`` (options must match).
+        overwrite: replace an existing ``out``.
+        keep_checkpoints: keep the work folder after success.
+        progress: show a progress bar.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+        **options: :class:`TrainOptions` fields (``r``, ``lora_alpha``, ``learning_rate``, ...).
+
+    Returns:
+        ``Path(out)``.
+
+    Raises:
+        FileExistsError: ``out`` exists and not ``overwrite``.
+        ConfigError: unknown or invalid option; ``resume`` with different options.
+        DataError: bad training data (named file and record); nothing is written then.
+        ModelError: the base model cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..models import EMBEDDED, load_tokenizer, resolve_base
+    from ..provenance import git_commit, package_versions, sha256_file
+    from .data import load_training_data, with_weights
+
+    t_start = time.time()
+    opts = make_options(**options)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    base_path = resolve_base(base)
+    specs = with_weights(data, opts.weights)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision, precision_reason = resolve_precision(opts.precision, device)
+
+    tokenizer = load_tokenizer(base)
+    td = load_training_data(specs, tokenizer, cutoff_len=opts.cutoff_len, max_samples=opts.max_samples,
+                            fraction=opts.fraction, seed=opts.seed, train_on_inputs=opts.train_on_inputs,
+                            data_dir=opts.data_dir, text_overlap=opts.text_overlap,
+                            skip_long_prompts=opts.skip_long_prompts)
+    check_not_input(out, list(dict.fromkeys(td.files)) + ([base_path] if Path(base_path).exists() else []))
+    examples = td.examples
+    n_val = int(round(len(examples) * opts.val_fraction)) if opts.val_fraction > 0 else 0
+    if n_val and len(examples) - n_val < 1:
+        raise ConfigError(f"val_fraction {opts.val_fraction} leaves no training examples out of {len(examples)}")
+    train_set, val_set = examples[: len(examples) - n_val], examples[len(examples) - n_val:]
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    work = work_dir_for(out)
+    resolved = {"base": base, "data": [str(s) for s in specs], **dataclasses.asdict(opts),
+                "precision_resolved": precision}
+    resolved_cmp = _comparable(resolved)
+
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=opts.max_steps if opts.max_steps else -1,
+        num_train_epochs=opts.epochs or 1.0,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler,
+        warmup_steps=opts.warmup_steps,
+        weight_decay=opts.weight_decay,
+        max_grad_norm=opts.max_grad_norm,
+        logging_steps=opts.logging_steps,
+        save_strategy="steps",
+        save_steps=opts.save_steps,
+        save_total_limit=opts.save_total_limit,
+        eval_strategy="steps" if val_set else "no",
+        eval_steps=opts.save_steps if val_set else None,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        ddp_backend=("gloo" if device == "cpu" else None) if world > 1 else None,
+        ddp_find_unused_parameters=False,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+        optim="adamw_torch",
+    )
+    is_main = args.process_index == 0
+    ckpt = None
+    with args.main_process_first(desc="prepare work dir"):
+        if is_main:
+            if resume:
+                ckpt = get_last_checkpoint(str(work)) if work.is_dir() else None
+                if ckpt is not None:
+                    saved = json.loads((work / "options.json").read_text()) if (work / "options.json").is_file() else None
+                    if saved is not None and saved != resolved_cmp:
+                        diff = sorted(k for k in set(saved) | set(resolved_cmp) if saved.get(k) != resolved_cmp.get(k))
+                        raise ConfigError(f"--resume: options differ from the interrupted run in {work} ({', '.join(diff)}); "
+                                          "rerun with the same options or without --resume")
+                else:
+                    print(f"train: --resume: no checkpoint in {work}; starting from step 0")
+            elif work.exists():
+                print(f"train: discarding old checkpoints in {work} (use --resume to continue them)")
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "options.json").write_text(json.dumps(resolved_cmp, indent=2, sort_keys=True))
+            if ckpt is None:
+                (work / "train_log.jsonl").write_text("")
+    if resume and not is_main:
+        ckpt = get_last_checkpoint(str(work)) if work.is_dir() else None
+    resumed_step = None
+    if ckpt is not None:
+        resumed_step = int(json.loads((Path(ckpt) / "trainer_state.json").read_text())["global_step"])
+        if is_main:
+            _truncate_log(work / "train_log.jsonl", resumed_step)
+
+    from peft import LoraConfig, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    torch.manual_seed(opts.seed)
+    lcfg = LoraConfig(r=opts.r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                      target_modules=list(opts.target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise ConfigError(f"train: target modules {opts.target_modules} do not match the base model {base}: {e}") from None
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    from .data import collate
+
+    JsonlLog, ProgressBar = _callbacks()
+    log_cb = JsonlLog(work / "train_log.jsonl")
+    cbs = [log_cb] + ([ProgressBar(log_cb)] if progress else []) + list(callbacks or [])
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+                      data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=cbs)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    val_loss = None
+    if val_set:
+        val_loss = float(trainer.evaluate()["eval_loss"])
+
+    if trainer.is_world_process_zero():
+        peft_model = trainer.model
+        peft_model.peft_config["default"].base_model_name_or_path = base if base in EMBEDDED else str(base_path)
+        log_lines = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines() if x.strip()]
+        losses = [x["loss"] for x in log_lines if "loss" in x]
+        tps = [x["tokens_per_s"] for x in log_lines if "tokens_per_s" in x]
+        info = {
+            "command": "train",
+            "method": "data_mix" if len(specs) > 1 else "skill_lora",
+            "base": {"arg": base, "path": str(base_path)},
+            "options": resolved,
+            "precision": {"requested": opts.precision, "resolved": precision, "reason": precision_reason,
+                          "device": device, "lora_weights": "fp32", "optimizer_state": "fp32"},
+            "data": [{**s.as_dict(), "sha256": sha256_file(s.file)} for s in td.sources],
+            "n_train_examples": len(train_set),
+            "n_val_examples": len(val_set),
+            "trainable_parameters": int(n_trainable),
+            "world_size": args.world_size,
+            "steps": int(trainer.state.global_step),
+            "resumed_from_step": resumed_step,
+            "tokens_trained": int(trainer.state.num_input_tokens_seen),
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            "train_loss_mean": float(result.training_loss) if result.training_loss is not None else None,
+            "val_loss": val_loss,
+            "mean_tokens_per_s": round(sum(tps) / len(tps), 2) if tps else None,
+            "wall_time_s": round(time.time() - t_start, 2),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "package_versions": package_versions(),
+            "git_commit": git_commit(),
+            "torch_threads": torch.get_num_threads(),
+        }
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            peft_model.save_pretrained(str(tmp), safe_serialization=True)
+            shutil.copyfile(work / "train_log.jsonl", tmp / "train_log.jsonl")
+            (tmp / "train_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if not keep_checkpoints:
+            shutil.rmtree(work, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+@register_method(
+    "data_mix", kind="trained", space="model",
+    reference="LoRA Soups (Prabhakar et al. 2024, arXiv 2410.13025) §4: DATA-MIX baseline",
+    description="one LoRA trained on the union (optionally weighted mix) of all skills' data",
+    params={**{f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+               for f in dataclasses.fields(TrainOptions)}},
+)
+def data_mix(base: str, data: Sequence[str], out: str | os.PathLike, **options: Any) -> Path:
+    """DATA-MIX: one LoRA on the mix of all skill datasets (``weights=`` one per dataset).
+
+    Same options as :func:`train_lora`; returns the adapter folder.
+    """
+    return train_lora(base, data, out, **options)

@@ -1,0 +1,206 @@
+"""Runner step graph and cache with fake executors (no training): re-runs do nothing, deleting one
+output re-does only that step, an interrupted run resumes, results/report files are written."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorasoups.config import Schemas, build_config
+from lorasoups.errors import LorasoupsError
+from lorasoups.experiment import Runner
+from lorasoups.report import rebuild_report
+
+
+def _write_records(path: Path, n: int, tag: str) -> Path:
+    recs = [{"instruction": f"{tag} question {i}", "input": "", "output": f"{tag} answer {i}"} for i in range(n)]
+    path.write_text(json.dumps(recs))
+    return path
+
+
+def _schemas() -> Schemas:
+    from lorasoups.methods import load_methods
+
+    methods = {n: (m.kind, dict(m.params), m.fn) for n, m in load_methods().items()}
+    return Schemas(methods=methods, tasks={"t_target", "t_skill"}, datasets=None,
+                   task_metrics={"t_target": {"nll", "acc"}, "t_skill": {"nll"}})
+
+
+def _cfg(tmp_path: Path, **over):
+    a = _write_records(tmp_path / "a.json", 8, "alpha")
+    b = _write_records(tmp_path / "b.json", 8, "beta")
+    raw = {
+        "name": "fake", "base": "tiny", "seed": 0,
+        "train": {"r": 2, "max_steps": 3},
+        "skills": {"a": {"data": [str(a)]}, "b": {"data": [str(b)]}},
+        "methods": {
+            "base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
+            "linear": {"params": {"weights": [0.5, 0.5]}},
+            "ties": {"params": {"density": 0.5}},
+            "cat": {"params": {"steps": 2}},
+        },
+        "eval": {"options": {"limit": 4}, "tasks": {"t_target": {"role": "target"}, "t_skill": {"role": "skill", "skill": "a"}}},
+        "report": {"columns": [{"task": "t_target", "metric": "nll"}, {"task": "t_target", "metric": "acc"},
+                               {"task": "t_skill", "metric": "nll"}]},
+    }
+    raw.update(over)
+    return build_config(raw, schemas=_schemas(), source=str(tmp_path / "fake.yaml"))
+
+
+class Fakes:
+    """Executors that write small PEFT-looking folders and canned evaluation results."""
+
+    def __init__(self, tiny_dir: Path):
+        self.tiny_dir = tiny_dir
+        self.calls: list[str] = []
+        self.fail_on: str | None = None
+
+    def _adapter(self, out: Path, seed: int) -> None:
+        from lorasoups.paths import atomic_dir
+
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "adapter_config.json").write_text(json.dumps({"r": 2, "seed": seed}))
+            (tmp / "adapter_model.safetensors").write_bytes(bytes([seed % 256]) * 16)
+            (tmp / "train_info.json").write_text(json.dumps({"wall": random.random()}))  # noise: not in digest
+
+    def build(self, step, ctx):
+        self.calls.append(step.id)
+        if self.fail_on == step.id:
+            raise LorasoupsError(f"fake failure in {step.id}")
+        self._adapter(step.out, sum(map(ord, step.label)))
+        return {}
+
+    def evaluate(self, ctx, adapter, tasks, out, options):
+        self.calls.append(f"evaluate:{adapter.name if adapter else 'base'}:{','.join(tasks)}")
+        out.mkdir(parents=True)
+        (out / "samples").mkdir()
+        res = {"tasks": {}}
+        rng = random.Random(str(adapter))
+        for t in tasks:
+            items = [{"id": i, "scores": {"nll": rng.uniform(1, 2), "acc": float(rng.random() < 0.5)}} for i in range(options["limit"])]
+            (out / "samples" / f"{t}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+            mets = {}
+            for k in ("nll", "acc"):
+                v = [x["scores"][k] for x in items]
+                m = sum(v) / len(v)
+                se = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+                mets[k] = {"value": m, "stderr": se, "n": len(v)}
+            res["tasks"][t] = {"metrics": mets}
+        (out / "results.json").write_text(json.dumps(res))
+        return res
+
+    def executors(self):
+        return {k: self.build for k in ("train", "data_mix", "merge", "cat", "lorahub", "moe")} | {"evaluate": self.evaluate}
+
+
+def _run(cfg, run_dir, fakes, **kw):
+    r = Runner(cfg, run_dir, executors=fakes.executors(), log=lambda s: None, **kw)
+    return r, r.run()
+
+
+def test_plan_and_outputs(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path)
+    fakes = Fakes(tiny_dir)
+    r, doc = _run(cfg, tmp_path / "run", fakes)
+    ids = [s.id for s in r.steps]
+    assert ids[:2] == ["train/a", "train/b"]
+    assert set(ids) == {"train/a", "train/b", "build/linear", "build/ties", "build/cat",
+                        "eval/base", "eval/a", "eval/b", "eval/linear", "eval/ties", "eval/cat"}
+    # one evaluate call per method (both tasks share options)
+    assert sum(c.startswith("evaluate:") for c in fakes.calls) == 6
+    run = tmp_path / "run"
+    for f in ("results.json", "results.md", "results.csv", "results.png", "steps.jsonl"):
+        assert (run / f).is_file(), f
+    assert set(doc["results"]) == {"base", "a", "b", "linear", "ties", "cat"}
+    assert doc["results"]["ties"]["t_target"]["metrics"]["nll"]["n"] == 4
+    assert doc["provenance"]["package_versions"]["torch"]
+    assert "adapter_model.safetensors" in doc["methods"]["ties"]["checksums"]
+    md = (run / "results.md").read_text()
+    assert "| ties |" in md and "**" in md
+    # super-linearity rows for each composite on each target column, paired diffs from samples
+    assert {(x["method"], x["column"]) for x in doc["analysis"]["superlinearity"]} >= {("ties", "t_target nll")}
+    assert any(p["vs"] == "base" and p["method"] == "cat" for p in doc["analysis"]["paired"])
+    lines = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines].count("done") == len(ids)
+
+
+def test_rerun_does_nothing_and_delete_redoes_one(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path)
+    fakes = Fakes(tiny_dir)
+    _run(cfg, tmp_path / "run", fakes)
+    fakes.calls.clear()
+    r, _ = _run(cfg, tmp_path / "run", fakes)
+    assert fakes.calls == [] and r.executed == []
+    # delete one method's adapter: only that build re-runs; same weights -> its eval stays cached
+    shutil.rmtree(tmp_path / "run" / "methods" / "ties")
+    r, _ = _run(cfg, tmp_path / "run", fakes)
+    assert fakes.calls == ["build/ties"] and r.executed == ["build/ties"]
+    # delete one method's evaluation: only that evaluation re-runs
+    fakes.calls.clear()
+    shutil.rmtree(tmp_path / "run" / "eval" / "cat")
+    r, _ = _run(cfg, tmp_path / "run", fakes)
+    assert r.executed == ["eval/cat"] and fakes.calls == ["evaluate:cat:t_target,t_skill"]
+
+
+def test_changed_option_redoes_dependents(tmp_path, tiny_dir):
+    fakes = Fakes(tiny_dir)
+    _run(_cfg(tmp_path), tmp_path / "run", fakes)
+    fakes.calls.clear()
+    methods2 = {
+        "base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
+        "linear": {"params": {"weights": [0.5, 0.5]}}, "ties": {"params": {"density": 0.3}},
+        "cat": {"params": {"steps": 2}}}
+    cfg2 = _cfg(tmp_path, methods=methods2)
+    r, _ = _run(cfg2, tmp_path / "run", fakes)
+    assert r.executed == ["build/ties"]  # fake writes identical bytes -> eval cached
+    # a changed eval option re-evaluates every method, and only that
+    fakes.calls.clear()
+    cfg3 = _cfg(tmp_path, methods=methods2, eval={"options": {"limit": 5}, "tasks": {"t_target": {"role": "target"},
+                                                                   "t_skill": {"role": "skill", "skill": "a"}}})
+    r, doc = _run(cfg3, tmp_path / "run", fakes)
+    assert all(s.startswith("eval/") for s in r.executed) and len(r.executed) == 6
+    assert doc["results"]["a"]["t_skill"]["metrics"]["nll"]["n"] == 5
+
+
+def test_interrupted_run_resumes(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path)
+    fakes = Fakes(tiny_dir)
+    fakes.fail_on = "build/ties"
+    with pytest.raises(LorasoupsError, match="build/ties"):
+        _run(cfg, tmp_path / "run", fakes)
+    done_before = list(fakes.calls)
+    assert "train/a" in done_before and not (tmp_path / "run" / "results.json").exists()
+    fakes.fail_on = None
+    fakes.calls.clear()
+    r, _ = _run(cfg, tmp_path / "run", fakes)
+    assert "train/a" not in r.executed and "train/b" not in r.executed and "build/linear" not in r.executed
+    assert "build/ties" in r.executed
+    log = (tmp_path / "run" / "steps.jsonl").read_text()
+    assert '"failed"' in log
+
+
+def test_report_rebuild(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path)
+    _run(cfg, tmp_path / "run", Fakes(tiny_dir))
+    run = tmp_path / "run"
+    for f in ("results.md", "results.csv", "results.png"):
+        (run / f).unlink()
+    from lorasoups.cli.main import main
+
+    assert main(["report", str(run)]) == 0
+    csv = (run / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("method,kind,t_target nll,t_target nll stderr,t_target nll n")
+    assert len(csv) == 1 + 6
+    # best per column: exactly the row(s) with min nll carry the mark
+    doc = json.loads((run / "results.json").read_text())
+    vals = {m: doc["results"][m]["t_target"]["metrics"]["nll"]["value"] for m in doc["results"]}
+    best = min(vals, key=vals.get)
+    row = next(r for r in csv[1:] if r.startswith(best + ","))
+    assert "t_target nll" in row.split(",")[-1]
+    assert (run / "results.png").stat().st_size > 1000
+    assert rebuild_report(run)["md"].is_file()

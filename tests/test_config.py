@@ -1,0 +1,151 @@
+"""Experiment configs: include / presets / overrides resolution and validation that reports every
+problem at once (unknown keys with suggestions, unknown methods/tasks, parameter types)."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from lorasoups.cli.main import main
+from lorasoups.config import (apply_overrides, check_value, load_config, load_raw, parse_yaml,
+                              resolve_preset)
+from lorasoups.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+GOOD = """
+name: t
+base: tiny
+seed: 1
+train: {r: 4, max_steps: 10, learning_rate: 1e-3}
+skills:
+  math: {data: ["gsm8k:max_samples=20"]}
+  code: {data: ["codealpaca:max_samples=20"]}
+methods:
+  base: {}
+  math: {method: skill, skill: math}
+  code: {method: skill, skill: code}
+  ties: {params: {density: 0.5}}
+  cat: {params: {lr: 0.05}}
+eval:
+  options: {limit: 4}
+  tasks:
+    gsm_hard: {role: target}
+presets:
+  smoke: {train: {max_steps: 2}}
+  cpu: {extends: smoke, seed: 3, methods: {cat: {enabled: false}}}
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_yaml_reads_exponent_floats():
+    assert parse_yaml("a: 1e-4\nb: 2E5\nc: 3\nd: 1.5") == {"a": 1e-4, "b": 2e5, "c": 3, "d": 1.5}
+
+
+def test_include_preset_extends_and_overrides(tmp_path):
+    _write(tmp_path, "seed: 7\ntrain: {r: 2, lora_alpha: 4}\n", "common.yaml")
+    p = _write(tmp_path, "include: common.yaml\ntrain: {r: 8}\n" + GOOD.replace("seed: 1\n", "").replace(
+        "train: {r: 4, max_steps: 10, learning_rate: 1e-3}\n", ""))
+    raw = load_raw(p)
+    assert raw["seed"] == 7 and raw["train"] == {"r": 8, "lora_alpha": 4}
+    r = resolve_preset(raw, "cpu")
+    assert r["seed"] == 3 and r["train"]["max_steps"] == 2 and "presets" not in r
+    r = apply_overrides(r, ["train.max_steps=5", "methods.ties.params.density=0.25", "eval.options.limit=1e1"])
+    assert r["train"]["max_steps"] == 5 and r["methods"]["ties"]["params"]["density"] == 0.25
+    assert r["eval"]["options"]["limit"] == 10.0
+    cfg = load_config(p, preset="cpu", overrides=["train.max_steps=5"])
+    assert cfg.skills["math"].train["max_steps"] == 5 and cfg.skills["math"].train["lora_alpha"] == 4
+    assert [m.label for m in cfg.methods] == ["base", "math", "code", "ties"]  # cat disabled by the preset
+    assert cfg.seed == 3 and cfg.preset == "cpu"
+
+
+def test_unknown_preset_and_include_cycle(tmp_path):
+    p = _write(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match="did you mean 'smoke'"):
+        load_config(p, preset="smok")
+    a = _write(tmp_path, "include: b.yaml\n", "a.yaml")
+    _write(tmp_path, "include: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_raw(a)
+
+
+def test_all_problems_reported_together(tmp_path):
+    text = GOOD.replace("  ties: {params: {density: 0.5}}", "  ties: {params: {density: high}}\n  tie: {}") \
+               .replace("gsm_hard: {role: target}", "gsm_hardd: {role: target}") \
+               .replace("seed: 1", "sed: 1")
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    msg = str(ei.value)
+    assert len(ei.value.problems) == 4, msg
+    assert "unknown key 'sed' (did you mean 'seed'" in msg
+    assert "unknown method 'tie' (did you mean 'ties'" in msg
+    assert "methods.ties.params.density: method ties: expected float, got str 'high'" in msg
+    assert "unknown task 'gsm_hardd' (did you mean 'gsm_hard'" in msg
+
+
+def test_validate_cli_three_mistakes_one_message(tmp_path, capsys):
+    text = GOOD.replace("  cat: {params: {lr: 0.05}}", "  cat: {params: {lr: fast}}\n  soup: {}") \
+               .replace("gsm_hard: {role: target}", "gsm_hrd: {role: target}")
+    p = _write(tmp_path, text)
+    rc = main(["validate", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("lorasoups validate: error:") == 1  # one message
+    assert "3 problems" in err
+    assert "unknown method 'soup'" in err
+    assert "unknown task 'gsm_hrd' (did you mean 'gsm_hard'" in err
+    assert "methods.cat.params.lr: method cat: expected float, got str 'fast'" in err
+
+
+def test_wrong_keys_suggest_right_ones(tmp_path):
+    text = GOOD.replace("cat: {params: {lr: 0.05}}", "cat: {parms: {lr: 0.05}}") \
+               .replace("ties: {params: {density: 0.5}}", "ties: {params: {densty: 0.5}}") \
+               .replace("train: {r: 4,", "train: {rank_r: 4, lora_alpa: 8,")
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    msg = str(ei.value)
+    assert "unknown key 'parms' (did you mean 'params'" in msg
+    assert "unknown parameter 'densty' of method ties (did you mean 'density'" in msg
+    assert "unknown training option 'lora_alpa' (did you mean 'lora_alpha'" in msg
+
+
+def test_skill_and_data_references(tmp_path):
+    text = GOOD.replace("math: {method: skill, skill: math}", "math: {method: skill, skill: mth}") \
+               .replace('["codealpaca:max_samples=20"]', '["codealpca:max_sample=20"]')
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    msg = str(ei.value)
+    assert "unknown skill 'mth' (did you mean 'math'" in msg
+    assert "unknown dataset 'codealpca' (did you mean 'codealpaca'" in msg
+    assert "unknown data spec option 'max_sample' (did you mean 'max_samples'" in msg
+
+
+def test_check_value_types():
+    assert check_value(3, float) and not check_value(True, float) and not check_value("x", float)
+    assert check_value(None, typing.Optional[int]) and not check_value(1.5, typing.Optional[int])
+    assert check_value([0.5, 1], list[float]) and not check_value([0.5, "a"], list[float])
+    assert check_value("softmax", typing.Literal["softmax", "none"]) and not check_value("x", typing.Literal["a"])
+    assert check_value((1, 2), tuple[float, float])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for preset in ("smoke", "cpu", "paper"):
+        assert f"{preset}:" in out
+
+
+def test_four_configs_shipped():
+    assert {p.stem for p in CONFIGS} >= {"math_code", "qabot_dnd", "bio_qa", "prompt_formats"}

@@ -1,0 +1,153 @@
+"""train_lora / DATA-MIX on the tiny model: learning, PEFT loading, resume, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorasoups.errors import ConfigError, DataError
+from lorasoups.io.adapters import read_adapter
+from lorasoups.provenance import sha256_file
+from lorasoups.testing import base_plus_delta_logits, peft_logits
+from lorasoups.train.sft import train_lora, work_dir_for
+
+FAST = dict(batch_size=4, cutoff_len=96, learning_rate=5e-3, warmup_steps=2, progress=False)
+
+
+@pytest.fixture
+def skill_file(tmp_path):
+    recs = [{"instruction": f"Name colour {i % 4}.", "input": "", "output": ["RED!", "BLUE!", "GREEN!", "GOLD!"][i % 4]}
+            for i in range(32)]
+    f = tmp_path / "colours.json"
+    f.write_text(json.dumps(recs))
+    return f
+
+
+def leftovers(parent: Path, out: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{out.name}"))
+
+
+def test_30_steps_lower_loss_and_folder_loads_in_peft(tmp_path, tiny_dir, skill_file):
+    out = tmp_path / "skill"
+    train_lora(str(tiny_dir), [str(skill_file)], out, max_steps=30, save_steps=100, **FAST)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == list(range(1, 31))
+    assert all(x["tokens_per_s"] > 0 and "lr" in x for x in log)
+    first, last = sum(x["loss"] for x in log[:5]) / 5, sum(x["loss"] for x in log[-5:]) / 5
+    assert last < first - 0.3, (first, last)  # observed: 5.40 -> 4.69
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["steps"] == 30 and info["data"][0]["sha256"] == sha256_file(skill_file)
+    assert info["options"]["r"] == 8 and info["precision"]["resolved"] in ("bf16", "fp32")
+    assert info["package_versions"]["peft"] != "absent" and info["wall_time_s"] > 0
+    assert leftovers(tmp_path, out) == []  # work dir removed after success
+    # vanilla PEFT loads it, and its logits are base + the saved ΔW (non-zero after training)
+    ids = torch.tensor([[1, 40, 50, 60, 70, 80]])
+    rec = read_adapter(out)
+    assert len(rec.modules) == 2 * 7 and max(float(f.delta().abs().max()) for f in rec.modules.values()) > 1e-4
+    got = peft_logits(tiny_dir, out, ids)
+    want = base_plus_delta_logits(tiny_dir, {m: f.delta() for m, f in rec.modules.items()}, ids)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (got - peft_logits(tiny_dir, None, ids)).abs().max() > 1e-3
+    with pytest.raises(FileExistsError):
+        train_lora(str(tiny_dir), [str(skill_file)], out, max_steps=1, **FAST)
+
+
+class Kill:
+    """Trainer callback that aborts the run at a given step, as a kill would."""
+
+    def __init__(self, step):
+        from transformers import TrainerCallback
+
+        class _K(TrainerCallback):
+            def on_step_end(self_, args, state, control, **kw):
+                if state.global_step == step:
+                    raise KeyboardInterrupt(f"killed at step {step}")
+
+        self.cb = _K()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_dir, skill_file):
+    opts = dict(max_steps=10, save_steps=4, precision="fp32", lora_dropout=0.1, **FAST)
+    full = train_lora(str(tiny_dir), [str(skill_file)], tmp_path / "full", **opts)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(str(tiny_dir), [str(skill_file)], out, callbacks=[Kill(6).cb], **opts)
+    assert not out.exists()
+    work = work_dir_for(out)
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-4"]
+    with pytest.raises(ConfigError, match="options differ.*learning_rate"):
+        train_lora(str(tiny_dir), [str(skill_file)], out, resume=True, **{**opts, "learning_rate": 1e-3})
+    train_lora(str(tiny_dir), [str(skill_file)], out, resume=True, **opts)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["resumed_from_step"] == 4 and info["steps"] == 10
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == list(range(1, 11))
+    a, b = read_adapter(full), read_adapter(out)
+    assert a.modules.keys() == b.modules.keys()
+    # Tolerance: same seed, fp32, same batches and RNG state after resume -> equal up to float
+    # reassociation; we allow 1e-5 relative to the largest |ΔW| entry.
+    for m in a.modules:
+        da, db = a.modules[m].delta(), b.modules[m].delta()
+        assert (da - db).abs().max() <= 1e-5 * da.abs().max() + 1e-8, m
+    # and a different seed gives a different adapter (the comparison can fail)
+    other = train_lora(str(tiny_dir), [str(skill_file)], tmp_path / "seed1", **{**opts, "seed": 1})
+    m0 = next(iter(a.modules))
+    assert (read_adapter(other).modules[m0].delta() - a.modules[m0].delta()).abs().max() > 1e-4
+
+
+def test_two_process_ddp_saves_one_adapter(tmp_path, tiny_dir, skill_file):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORASOUPS_HOME": os.environ["LORASOUPS_HOME"]}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "lorasoups.cli.main", "train", "--base", str(tiny_dir), "--data", str(skill_file), "--out", str(out),
+           "--max-steps", "3", "--batch-size", "2", "--cutoff-len", "96", "--no-progress"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("saved ") == 1
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 3
+    # 32 examples, 2 processes x 2 per step -> 8 steps per epoch: each rank saw different data
+    assert abs(json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["epoch"] - 3 / 8) < 1e-6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["colours.json", "ddp"]
+    assert len(read_adapter(out).modules) == 14
+
+
+@pytest.mark.parametrize("content,match", [
+    ('[]', r"bad\.json: empty dataset"),
+    ('[{"instruction": "a"}]', r"bad\.json: record 0: missing field 'output'"),
+    ('not json at all', r"bad\.json: not valid JSON"),
+    (json.dumps([{"instruction": "x" * 200, "output": "y"}]), r"bad\.json: record 0: prompt is \d+ tokens"),
+])
+def test_bad_input_clear_error_no_output(tmp_path, tiny_dir, content, match):
+    f = tmp_path / "bad.json"
+    f.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=match):
+        train_lora(str(tiny_dir), [str(f)], out, max_steps=2, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_cli_bad_input_and_option(tmp_path, tiny_dir, capsys):
+    from lorasoups.cli.main import main
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"instruction": "a", "output": "b"}\n{"question": 1}\n')
+    rc = main(["train", "--base", str(tiny_dir), "--data", str(f), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.jsonl: record 1: missing field 'instruction'" in err
+    rc = main(["train", "--base", str(tiny_dir), "--data", str(f), "--out", str(tmp_path / "o"), "--precision", "fp16"])
+    assert rc == 2 and "fp16 needs a GPU" in capsys.readouterr().err or torch.cuda.is_available()
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        train_lora(str(tiny_dir), [str(f)], tmp_path / "o", learning_rat=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def test_data_mix_registered():
+    from lorasoups.methods import load_methods
+
+    info = load_methods().get("data_mix")
+    assert info.kind == "trained" and info.space == "model"
+    assert info.params["r"] == 8 and "weights" in info.params and "learning_rate" in info.params
