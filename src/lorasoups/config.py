@@ -485,6 +485,8 @@ class Schemas:
     task_metrics: dict[str, set[str]] | None = None
     merge_driver: dict[str, Any] = field(default_factory=lambda: dict(MERGE_DRIVER_KEYS))
     descriptions: dict[str, str] = field(default_factory=dict)
+    train_check: Callable[[dict[str, Any]], list[str]] | None = None
+    eval_check: Callable[[dict[str, Any]], list[str]] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -501,7 +503,7 @@ def _options_from(fn: Callable[..., Any], skip: Iterable[str]) -> dict[str, Any]
     if has_var:
         mod = inspect.getmodule(fn)
         table = None
-        for attr in ("OPTIONS", "DEFAULTS", "DEFAULT_OPTIONS"):
+        for attr in ("OPTIONS", "DEFAULTS", "DEFAULT_OPTIONS", "OPTION_DEFAULTS"):
             t = getattr(mod, attr, None)
             if isinstance(t, Mapping):
                 table = dict(t)
@@ -553,8 +555,12 @@ def live_schemas() -> Schemas:
         tasks = None
         notes.append("evaluation tasks not checked (lorasoups.eval is not installed)")
     train_options = None
+    train_check = eval_check = None
     try:
-        from .train.sft import train_lora
+        from .train.sft import make_options, train_lora
+
+        def train_check(opts: dict[str, Any]) -> list[str]:
+            return _value_problems(make_options, opts)
 
         train_options = _options_from(train_lora, RUNNER_KEYS)
         if train_options is not None:
@@ -563,11 +569,15 @@ def live_schemas() -> Schemas:
         notes.append("training options not checked (lorasoups.train.sft is not installed)")
     eval_options = None
     try:
-        from .eval.runner import evaluate
+        from .eval.runner import evaluate, resolve_options
+
+        def eval_check(opts: dict[str, Any]) -> list[str]:
+            return _value_problems(lambda **o: resolve_options(o), opts)
 
         eval_options = _options_from(evaluate, RUNNER_KEYS | {"adapter", "tasks"})
         if eval_options is not None:
-            eval_options = {k: v for k, v in eval_options.items() if k not in RUNNER_KEYS | {"adapter", "tasks"}}
+            eval_options = {k: v for k, v in eval_options.items()
+                            if k not in RUNNER_KEYS | {"adapter", "tasks", "rescore", "generator", "tokenizer"}}
     except ModuleNotFoundError:
         notes.append("evaluation options not checked (lorasoups.eval.runner is not installed)")
     merge_driver = dict(MERGE_DRIVER_KEYS)
@@ -581,7 +591,19 @@ def live_schemas() -> Schemas:
         notes.append("merge driver options not checked (lorasoups.merge.driver is not installed)")
     return Schemas(methods=methods, tasks=tasks, train_options=train_options, eval_options=eval_options,
                    datasets=set(DATASETS.names()), task_metrics=task_metrics, merge_driver=merge_driver,
-                   descriptions=descriptions, notes=notes)
+                   descriptions=descriptions, train_check=train_check, eval_check=eval_check, notes=notes)
+
+
+def _value_problems(check: Callable[..., Any], opts: dict[str, Any]) -> list[str]:
+    """Run a piece's own option validation (``make_options`` / ``resolve_options``) and return its
+    problems (empty when the options are fine)."""
+    try:
+        check(**opts)
+    except ConfigError as e:
+        return [str(x) for x in e.problems]
+    except (TypeError, ValueError) as e:
+        return [str(e)]
+    return []
 
 
 class _Problems:
@@ -627,6 +649,18 @@ def _check_options(p: _Problems, path: str, opts: Mapping[str, Any], schema: Map
             p.add(path, f"unknown {what} {k!r}{suggest(str(k), list(schema))}; known: {', '.join(sorted(schema))}")
         elif not check_value(v, schema[k]):
             p.add(f"{path}.{k}", f"expected {_type_name(schema[k])}, got {type(v).__name__} {_fmt(v)}")
+
+
+def _check_values(p: _Problems, path: str, opts: Mapping[str, Any], schema: Mapping[str, Any] | None,
+                  check: Callable[[dict[str, Any]], list[str]] | None) -> None:
+    """Value checks of the piece that consumes ``opts`` (ranges, choices), on the known, well-typed
+    options only (unknown names and wrong types are reported separately)."""
+    if check is None:
+        return
+    ok = {k: v for k, v in opts.items() if schema is None or (k in schema and check_value(v, schema[k]))}
+    for msg in check(ok):
+        if msg not in [x.split(": ", 1)[-1] for x in p.items]:
+            p.add(path, msg)
 
 
 def _check_data_spec(p: _Problems, path: str, spec: str, s: Schemas) -> None:
@@ -714,7 +748,9 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         tr = _as_mapping(p, f"{path}.train", body.get("train"))
         _check_options(p, f"{path}.train", tr, s.train_options, "training option")
         desc = body.get("description", "")
-        skills[str(sk)] = SkillConfig(str(sk), tuple(data), _freeze(deep_merge(train_defaults, tr)), str(desc or ""))
+        eff_train = deep_merge(train_defaults, tr)
+        _check_values(p, f"{path}.train", eff_train, s.train_options, s.train_check)
+        skills[str(sk)] = SkillConfig(str(sk), tuple(data), _freeze(eff_train), str(desc or ""))
     if not skills_raw and "skills" in raw:
         p.add("skills", "at least one skill is required")
 
@@ -769,6 +805,7 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
                                if k not in RUNNER_KEYS and k not in schema})
             _check_options(p, f"{path}.params", params, schema, f"parameter of {mname}")
             eff = deep_merge(train_defaults, params)
+            _check_values(p, f"{path}.params", eff, s.train_options, s.train_check)
         else:
             schema = {k: v for k, v in param_types(fn, reg_params, reg_params).items() if k not in RUNNER_KEYS}
             if kind == "merge":
@@ -822,7 +859,9 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
                     allowed = sorted(set(s.eval_options) | TASK_KEYS)
                     p.add(path, f"unknown key {k!r}{suggest(str(k), allowed)}; allowed: {', '.join(allowed)}")
             _check_options(p, path, {k: v for k, v in opts.items() if k in s.eval_options}, s.eval_options, "evaluation option")
-        tasks.append(TaskConfig(str(label), str(tname), str(role), sk, _freeze(deep_merge(ev_opts, opts))))
+        eff_opts = deep_merge(ev_opts, opts)
+        _check_values(p, path, eff_opts, s.eval_options, s.eval_check)
+        tasks.append(TaskConfig(str(label), str(tname), str(role), sk, _freeze(eff_opts)))
 
     # report ----------------------------------------------------------------------------
     rep = _as_mapping(p, "report", raw.get("report"))

@@ -234,3 +234,15 @@ def test_cli_merge_and_ls(adapters, tmp_path, capsys):
                                ("task_arithmetic ", "scaling_coef=1.0"), ("linear ", "Ilharco")]:
         line = next(ln for ln in table.splitlines() if ln.startswith(line_start))
         assert needle in line
+
+
+def test_pickled_inputs_need_flag(tmp_path):
+    src = _custom(tmp_path / "s", {"layers.0.q": _f(8, 6, seed=4)})
+    pk = tmp_path / "pk"
+    pk.mkdir()
+    (pk / "adapter_config.json").write_text((src / "adapter_config.json").read_text())
+    torch.save(load_file(str(src / "adapter_model.safetensors")), pk / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="pickled"):
+        merge_adapters([src, pk], "linear", tmp_path / "o")
+    out = merge_adapters([src, pk], "linear", tmp_path / "o", weights=[1.0, -1.0], allow_pickle=True)
+    assert read_adapter(out).modules["layers.0.q"].delta().abs().max() <= 1e-6

@@ -15,6 +15,15 @@ from lorasoups.provenance import sha256_file
 from lorasoups.testing import base_plus_delta_logits, peft_logits
 from lorasoups.train.sft import train_lora, work_dir_for
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls are far faster on one thread, above all on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 FAST = dict(batch_size=4, cutoff_len=96, learning_rate=5e-3, warmup_steps=2, progress=False)
 
 
@@ -101,7 +110,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_dir, skill_file):
 def test_two_process_ddp_saves_one_adapter(tmp_path, tiny_dir, skill_file):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LORASOUPS_HOME": os.environ["LORASOUPS_HOME"]}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lorasoups.cli.main", "train", "--base", str(tiny_dir), "--data", str(skill_file), "--out", str(out),
            "--max-steps", "3", "--batch-size", "2", "--cutoff-len", "96", "--no-progress"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cutoff-len", type=int, default=512, help="maximum tokens per example (default 512)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="part of the mix held out for the validation loss before/after (default 0.1)")
+    p.add_argument("--keep-long-prompts", action="store_true",
+                   help="fail on a sampled record whose prompt does not fit --cutoff-len (default: skip it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train", action="store_true", help="export the initial coefficients (static controls)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                     normalize=args.normalize, init=args.init, lr=args.lr, steps=args.steps, epochs=args.epochs,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, schedule=args.schedule,
                     fraction=args.fraction, max_samples=args.max_samples, cutoff_len=args.cutoff_len,
-                    val_fraction=args.val_fraction, seed=args.seed, no_train=args.no_train,
+                    val_fraction=args.val_fraction, skip_long_prompts=not args.keep_long_prompts, seed=args.seed,
+                    no_train=args.no_train,
                     precision=args.precision, device=args.device, data_dir=args.data_dir,
                     overwrite=args.overwrite, allow_pickle=args.allow_pickle, log_every=args.log_every,
                     verbose=not args.quiet)

@@ -83,6 +83,7 @@ def add_parser(sub) -> None:
     r.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of an interrupted run")
     r.add_argument("--keep-checkpoints", action="store_true", help="keep the .OUT.work checkpoint folder after success")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.sft import train_lora
 
     out = train_lora(args.base, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
-                     keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress, **options_from_args(args))
+                     keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress, threads=args.threads, **options_from_args(args))
     info_path = Path(out) / "train_info.json"
     if os.environ.get("RANK", "0") == "0" and info_path.is_file():
         info = json.loads(info_path.read_text())

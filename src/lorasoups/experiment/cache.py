@@ -35,6 +35,18 @@ def hash_obj(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+def canonical_adapter_config(path: Path) -> str:
+    """Hash of a PEFT ``adapter_config.json`` that ignores key order and the order of
+    ``target_modules`` (PEFT stores it from a Python set, so its order changes between runs)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return sha256_file(path)
+    if isinstance(cfg, dict) and isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(map(str, cfg["target_modules"]))
+    return hash_obj(cfg)
+
+
 class FileHasher:
     """SHA-256 of files and folders, memoised by (path, size, mtime_ns) in a JSON file so a big
     base model is hashed once per run folder, not once per step.
@@ -83,7 +95,10 @@ class FileHasher:
         ``adapter_config.json`` (logs, info files with timings and plots are left out, so an output
         re-made with identical weights has the same digest). Folders without weights: all files."""
         files = self.folder(path)
-        core = {k: v for k, v in files.items() if k.endswith(".safetensors") or Path(k).name == "adapter_config.json"}
+        core = {k: v for k, v in files.items() if k.endswith(".safetensors")}
+        for k in files:
+            if Path(k).name == "adapter_config.json":
+                core[k] = canonical_adapter_config(Path(path) / k)
         return hash_obj(core or files)
 
     def model_fingerprint(self, ref: str) -> dict[str, Any]:

@@ -133,6 +133,7 @@ def run_evaluate(ctx: "RunContext", adapter: Path | None, task_names: list[str],
     opts = dict(options)
     if ctx.cfg.allow_code_execution:
         opts.setdefault("allow_code_execution", True)
+    opts.setdefault("progress", True)
     return call_with_supported(evaluate, ctx.base, adapter=str(adapter) if adapter else None, tasks=task_names,
                                out=out, data_dir=str(ctx.data_dir), overwrite=True, **opts)
 

@@ -230,6 +230,21 @@ class Runner:
         self.log(prefix + (f" (cached: {', '.join(cached)})" if cached else ""))
         adapter = method_output(ctx.cfg, self.run_dir, step.method)
         step.out.mkdir(parents=True, exist_ok=True)
+        # A method whose weights are bit-identical to an already evaluated one (same key: same
+        # model, task and options) re-uses that evaluation instead of computing it again.
+        if not self.force:
+            for lb in list(todo):
+                src = self._same_eval(step.id, lb, todo[lb])
+                if src is not None:
+                    remove_path(step.out / lb)
+                    shutil.copytree(src, step.out / lb)
+                    write_marker(self.marker(step.id, lb), {"key": todo[lb], "id": step.id, "task": lb,
+                                                           "finished": _now(), "copied_from": str(src)})
+                    self.log(f"  {lb}: same weights as {src.parent.name}: results re-used")
+                    del todo[lb]
+            if not todo:
+                self.executed.append(step.id)
+                return True
         # group: same options and distinct task names -> one evaluate() call
         groups: list[tuple[dict[str, Any], dict[str, str]]] = []
         for t in ctx.cfg.tasks:
@@ -260,6 +275,16 @@ class Runner:
         self.executed.append(step.id)
         self.log(f"  done in {time.time() - t0:.1f} s -> {step.out}")
         return True
+
+    def _same_eval(self, step_id: str, task_label: str, key: str) -> Path | None:
+        """The output folder of another method's finished evaluation with the same key, if any."""
+        for st in self.steps:
+            if st.stage != "eval" or st.id == step_id:
+                continue
+            m = read_marker(self.marker(st.id, task_label))
+            if m and m.get("key") == key and (st.out / task_label / "results.json").is_file():
+                return st.out / task_label
+        return None
 
     # -- results ------------------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ def drop_and_rescale(deltas: torch.Tensor, drop_rate: float, seed: int) -> torch
     keep_scale = 1.0 / (1.0 - drop_rate)
     for i in range(deltas.shape[0]):
         keep = torch.rand(deltas.shape[1:], generator=g) >= drop_rate  # (d_out, d_in) bool
-        out[i] = deltas[i].float() * keep * keep_scale
+        torch.mul(deltas[i].float(), keep, out=out[i])
+        out[i] *= keep_scale
     return out
 
 

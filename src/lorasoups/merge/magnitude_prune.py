@@ -2,16 +2,22 @@
 
 The trim step is the first step of TIES (Yadav et al. 2023, sec. 3, "Trim"); on its own it is the
 magnitude-pruning baseline of that paper.
+
+Large matrices (Llama-2-7B MLP deltas are 11008×4096) are processed in blocks of rows after one
+global threshold per ΔW_i, so temporaries stay small.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 
 from ..errors import ConfigError
 from ..methods import register_method
+
+BLOCK_ELEMENTS = 1 << 20  # entries per row block in blockwise element-wise steps
 
 
 def check_density(density: float, method: str) -> None:
@@ -25,27 +31,58 @@ def keep_count(numel: int, density: float) -> int:
     return min(numel, max(1, int(round(density * numel))))
 
 
-def trim_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask of the top-``density`` entries of ``delta`` by |value|.
+def trim_threshold(delta: torch.Tensor, density: float) -> float | None:
+    """The k-th largest |x| of ``delta`` (k = :func:`keep_count`), or None when all are kept.
 
     Args:
-        delta: any shape (one ΔW_i, (d_out, d_in)), float.
-        density: fraction kept, 0 < density ≤ 1; k = :func:`keep_count` entries.
+        delta: one ΔW_i, any shape, float.
+        density: fraction kept, 0 < density ≤ 1.
+    """
+    n = delta.numel()
+    k = keep_count(n, density)
+    if k >= n:
+        return None
+    flat = delta.detach().abs().reshape(-1).float().cpu().numpy()  # (numel,), a fresh copy
+    flat.partition(n - k)  # introselect in place: O(numel), exact
+    return float(flat[n - k])
+
+
+def trim_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Boolean mask of the top-``density`` entries of ``delta`` by |value|.
 
     Returns:
         bool tensor of ``delta``'s shape, True where |x| ≥ the k-th largest |x|. Ties at the
         threshold are all kept, so slightly more than k entries can survive when values repeat.
     """
-    n = delta.numel()
-    k = keep_count(n, density)
-    if k >= n:
+    thr = trim_threshold(delta, density)
+    if thr is None:
         return torch.ones_like(delta, dtype=torch.bool)
-    mag = delta.detach().abs()
-    flat = mag.reshape(-1).float().cpu().numpy().copy()  # (numel,), partitioned in place below
-    flat.partition(n - k)  # introselect: O(numel), exact
-    thr = float(flat[n - k])
-    del flat
-    return mag >= thr
+    return delta.detach().abs() >= thr
+
+
+def row_blocks(d_out: int, d_in: int) -> Iterator[slice]:
+    """Row slices of about :data:`BLOCK_ELEMENTS` entries covering ``range(d_out)``."""
+    step = max(1, BLOCK_ELEMENTS // max(1, d_in))
+    for s in range(0, d_out, step):
+        yield slice(s, min(d_out, s + step))
+
+
+def trimmed_weighted(block: torch.Tensor, thresholds: list[float | None], weights: torch.Tensor) -> torch.Tensor:
+    """τ̃_i = w_i · trim(ΔW_i) on a row block.
+
+    Args:
+        block: (n, b, d_in) rows of the stacked deltas.
+        thresholds: per adapter, from :func:`trim_threshold` (None = keep all).
+        weights: (n,).
+    Returns:
+        new (n, b, d_in) fp32 tensor.
+    """
+    out = block.float().clone()
+    for i, thr in enumerate(thresholds):
+        if thr is not None:
+            out[i].masked_fill_(out[i].abs() < thr, 0.0)
+        out[i] *= float(weights[i])
+    return out
 
 
 def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
@@ -56,11 +93,11 @@ def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
     Returns:
         new (n, d_out, d_in) fp32 tensor.
     """
-    if density >= 1.0:
-        return deltas.clone()
-    out = torch.empty_like(deltas)
-    for i in range(deltas.shape[0]):
-        out[i] = deltas[i] * trim_mask(deltas[i], density)
+    thresholds = [trim_threshold(d, density) for d in deltas]
+    ones = torch.ones(deltas.shape[0])
+    out = torch.empty(deltas.shape, dtype=torch.float32)
+    for rows in row_blocks(deltas.shape[1], deltas.shape[2]):
+        out[:, rows] = trimmed_weighted(deltas[:, rows], thresholds, ones)
     return out
 
 
@@ -82,8 +119,8 @@ def magnitude_prune(deltas: torch.Tensor, weights: torch.Tensor, *, density: flo
         ConfigError: density outside (0, 1].
     """
     check_density(density, "magnitude_prune")
-    out = torch.zeros(deltas.shape[1:], dtype=torch.float32)
-    for i in range(deltas.shape[0]):
-        d = deltas[i].float()
-        out += float(weights[i]) * (d * trim_mask(d, density))
+    thresholds = [trim_threshold(d, density) for d in deltas]
+    out = torch.empty(deltas.shape[1:], dtype=torch.float32)
+    for rows in row_blocks(deltas.shape[1], deltas.shape[2]):
+        out[rows] = trimmed_weighted(deltas[:, rows], thresholds, weights).sum(dim=0)
     return out

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from ..methods import register_method
-from .magnitude_prune import check_density, trim
+from .magnitude_prune import check_density, row_blocks, trim_threshold, trimmed_weighted
 
 
 def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
-    """γ = sgn(Σ_i τ̃_i): (n, d_out, d_in) -> (d_out, d_in) with values in {−1, 0, +1}."""
-    return torch.sign(weighted.sum(dim=0))
+    """γ = sgn(Σ_i τ̃_i): (n, d_out, d_in) -> (d_out, d_in) fp32 with values in {−1, 0, +1}."""
+    return weighted.sum(dim=0).sign_()
 
 
 def disjoint_mean(weighted: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -30,25 +30,33 @@ def disjoint_mean(weighted: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         sign: γ, (d_out, d_in) in {−1, 0, +1}.
 
     Returns:
-        (d_out, d_in) fp32; 0 where no adapter agrees.
+        (d_out, d_in) fp32; 0 where no adapter agrees. Loops over adapters so that temporaries
+        are one (d_out, d_in) matrix, not n of them.
     """
-    agree = (torch.sign(weighted) == sign.unsqueeze(0)) & (weighted != 0)  # (n, d_out, d_in) bool
-    total = (weighted * agree).sum(dim=0)  # (d_out, d_in)
-    count = agree.sum(dim=0).clamp_min(1)
-    return total / count
+    total = torch.zeros(weighted.shape[1:], dtype=torch.float32)  # (d_out, d_in)
+    count = torch.zeros(weighted.shape[1:], dtype=torch.int32)  # adapters agreeing per entry
+    for t in weighted:
+        agree = (t * sign) > 0  # same sign and non-zero; (d_out, d_in) bool
+        total += t * agree
+        count += agree
+    return total.div_(count.clamp_min_(1))
 
 
 def ties_merge(deltas: torch.Tensor, weights: torch.Tensor, density: float) -> torch.Tensor:
-    """Trim, weight, elect sign, disjoint mean (see module docstring).
+    """Trim, weight, elect sign, disjoint mean (see module docstring), in blocks of rows.
 
     Args:
-        deltas: (n, d_out, d_in) fp32. weights: (n,). density: 0 < density ≤ 1.
+        deltas: (n, d_out, d_in) fp32. weights: (n,). density: 0 < density ≤ 1 (the trim
+            threshold of each ΔW_i is global over the whole matrix).
     Returns:
         (d_out, d_in) fp32.
     """
-    weighted = trim(deltas.float(), density)  # (n, d_out, d_in), a new tensor
-    weighted *= weights.float().reshape(-1, 1, 1)
-    return disjoint_mean(weighted, elect_sign(weighted))
+    thresholds = [trim_threshold(d, density) for d in deltas]
+    out = torch.empty(deltas.shape[1:], dtype=torch.float32)  # (d_out, d_in)
+    for rows in row_blocks(deltas.shape[1], deltas.shape[2]):
+        weighted = trimmed_weighted(deltas[:, rows], thresholds, weights)  # (n, b, d_in)
+        out[rows] = disjoint_mean(weighted, elect_sign(weighted))
+    return out
 
 
 @register_method("ties", kind="merge", space="delta", reference="Yadav et al. 2023 (TIES-Merging)",

@@ -13,12 +13,12 @@ format, described in :mod:`lorasoups.moe.folder`.
 from __future__ import annotations
 
 from .folder import MOE_CONFIG, ROUTERS_FILE, is_moe_folder, load_moe_model, read_moe_config, save_moe_folder
-from .layer import MoeLoraLinear, load_balance_loss, topk_softmax
+from .layer import MoeLoraLinear, gate_mode, load_balance_loss, topk_softmax
 from .model import attach_moe, init_routers, moe_layers, parse_router_layers, routed_modules
 from .train import train_moe
 
 __all__ = [
-    "MOE_CONFIG", "ROUTERS_FILE", "MoeLoraLinear", "attach_moe", "init_routers", "is_moe_folder", "load_balance_loss",
+    "MOE_CONFIG", "ROUTERS_FILE", "MoeLoraLinear", "attach_moe", "gate_mode", "init_routers", "is_moe_folder", "load_balance_loss",
     "load_moe_model", "moe_layers", "parse_router_layers", "read_moe_config", "routed_modules", "save_moe_folder", "topk_softmax",
     "train_moe",
 ]

@@ -168,6 +168,7 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
     """
     from ..paths import atomic_dir
     from ..provenance import git_commit, package_versions
+    from .layer import gate_mode
     from .model import router_state
 
     names = list(names) if names is not None else [Path(e).name for e in experts]
@@ -188,7 +189,9 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
             "routed_modules": routed,
             "unrouted_mixing": "uniform",
             "router": {"input": "the wrapped module's own input x (d_in)", "bias": False, "dtype": "float32",
-                       "gating": "softmax over the top-k logits (others 0)", "file": ROUTERS_FILE,
+                       "gating": ("softmax over the top-k logits (others 0)" if gate_mode(top_k) == "renormalized"
+                                  else "top-1: the chosen expert's full-softmax probability (Switch)"),
+                       "gate_mode": gate_mode(top_k), "file": ROUTERS_FILE,
                        "key": "<module path>.router.weight", "shape": "(n_experts, d_in)",
                        "missing_module": "an expert without the module contributes ΔW = 0 there"},
             "training": dict(training or {}),

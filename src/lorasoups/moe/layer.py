@@ -5,6 +5,7 @@ For an adapted module with frozen base weight W (d_out, d_in) and n LoRA experts
 
     l = R x                                  router logits, R (n, d_in), no bias
     g = softmax over the top-k entries of l  (zero elsewhere)            (Shazeer et al. 2017, eq. 3-5)
+        (for k = 1: g_i = softmax(l)_i of the chosen expert, the Switch gate, Fedus et al. 2022)
     y = W x + Σ_i g_i(x) s_i B_i A_i x
 
 The router reads the module's *own* input, so it works for every module, including ``down_proj``
@@ -30,16 +31,19 @@ from ..errors import AdapterError, ConfigError
 from ..types import LoraFactors
 
 
-def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token gates: softmax over the top-k router logits, zero for the other experts.
+def topk_softmax(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token gates over the top-k experts, zero for the others.
 
     Args:
         logits: (..., n) router logits, float.
-        k: experts kept per token, 1 ≤ k ≤ n (k = n is a plain softmax).
+        k: experts kept per token, 1 ≤ k ≤ n (k = n is a plain softmax either way).
+        renormalize: softmax over the k selected logits, so gates sum to 1 (Mixtral / mergoo,
+            Shazeer et al. 2017 eq. 3-5); else the full-softmax probabilities of the selected
+            experts (Switch Transformer, Fedus et al. 2022 eq. 1-2), which sum to ≤ 1.
 
     Returns:
-        (gates (..., n) same dtype, summing to 1 over the last dim; indices (..., k) long of the
-        selected experts). Ties are broken by ``torch.topk`` (lower index first on CPU).
+        (gates (..., n) same dtype; indices (..., k) long of the selected experts). Ties are broken
+        by ``torch.topk``.
 
     Raises:
         ConfigError: k outside [1, n].
@@ -51,8 +55,18 @@ def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         idx = torch.arange(n, device=logits.device).expand(logits.shape)
         return torch.softmax(logits, dim=-1), idx
     vals, idx = logits.topk(k, dim=-1)                              # (..., k)
-    gates = torch.zeros_like(logits).scatter(-1, idx, torch.softmax(vals, dim=-1))
-    return gates, idx
+    if renormalize:
+        sel = torch.softmax(vals, dim=-1)                           # (..., k)
+    else:
+        sel = torch.softmax(logits, dim=-1).gather(-1, idx)         # (..., k)
+    return torch.zeros_like(logits).scatter(-1, idx, sel), idx
+
+
+def gate_mode(top_k: int) -> str:
+    """The gating used for ``top_k``: ``renormalized`` softmax over the top-k logits for k ≥ 2;
+    for k = 1 that gate is constantly 1 (the router would get no gradient from the LM loss), so
+    top-1 uses the Switch Transformer gate ``switch`` (the chosen expert's full-softmax probability)."""
+    return "switch" if int(top_k) == 1 else "renormalized"
 
 
 def load_balance_loss(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,7 +167,7 @@ class MoeLoraLinear(nn.Module):
         if self.router is None:
             return self.mix.expand(*x.shape[:-1], self.n)
         logits = self.router(x32)                                   # (..., n)
-        g, idx = topk_softmax(logits, self.top_k)
+        g, idx = topk_softmax(logits, self.top_k, renormalize=gate_mode(self.top_k) == "renormalized")
         if self.collect_aux:
             mask = self.token_mask
             if mask is not None and mask.shape != x.shape[:-1]:

@@ -92,8 +92,8 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: floa
                 if not torch.isfinite(loss):
                     raise DataError(f"MoE: non-finite loss at step {step + 1}; try a smaller --lr")
                 (loss / grad_accum).backward()
-                ces.append(float(ce))
-                auxes.append(float(aux) if aux is not None else None)
+                ces.append(float(ce.detach()))
+                auxes.append(float(aux.detach()) if aux is not None else None)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             ce_m = sum(ces) / len(ces)

@@ -233,6 +233,9 @@ def plot_coefficients(table: dict[str, dict[str, dict[str, float]]], adapter_nam
         line, = ax.plot(xs, [sum(v) / len(v) for v in fin], marker="o", ms=3, label=name)
         ax.fill_between(xs, [min(v) for v in fin], [max(v) for v in fin], color=line.get_color(), alpha=0.15)
         ax.plot(xs, ini, ls="--", lw=0.8, color=line.get_color())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("coefficient c (final; dashed = initial)")
     ax.set_title(title or "CAT coefficients")
@@ -264,7 +267,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               lr: float = DEFAULT_LR, steps: int | None = None, epochs: float = DEFAULT_EPOCHS,
               batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
               fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None, cutoff_len: int = 512,
-              val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, no_train: bool = False,
+              val_fraction: float = DEFAULT_VAL_FRACTION, skip_long_prompts: bool = True, seed: int = 0,
+              no_train: bool = False,
               precision: str = "auto", device: str = "auto", data_dir: str | None = None,
               overwrite: bool = False, allow_pickle: bool = False, log_every: int = 1,
               verbose: bool = False) -> Path:
@@ -289,6 +293,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         schedule: ``linear`` decay or ``constant`` learning rate.
         fraction: fraction of each skill dataset used (paper: 5 %); ``max_samples`` caps each.
         val_fraction: part of the mix held out for the validation loss before/after training.
+        skip_long_prompts: drop sampled records whose prompt does not fit ``cutoff_len`` (default)
+            instead of failing.
         no_train: export the initial coefficients (the static controls); data is not needed.
         precision: ``auto`` (bf16 autocast on CUDA/CPUs with native bf16, else fp32), ``fp32``, ``bf16``.
 
@@ -307,7 +313,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..io.adapters import save_adapter_files
     from ..models import load_base
     from ..paths import atomic_dir, check_not_input
-    from ..provenance import git_commit, package_versions
+    from ..provenance import git_commit, package_versions, sha256_dir
     from .fused import attach_cat, parse_init
 
     t_start = time.time()
@@ -355,7 +361,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
             from .data import load_training_examples
 
             examples = load_training_examples(data, tok, cutoff_len=cutoff_len, max_samples=max_samples,
-                                              fraction=fraction, seed=seed, data_dir=data_dir)
+                                              fraction=fraction, seed=seed, data_dir=data_dir,
+                                              skip_long_prompts=skip_long_prompts)
         if not examples:
             raise DataError(f"CAT: the data {data} gave no training examples")
         train_ex, val_ex = split_examples(examples, val_fraction, seed)
@@ -409,13 +416,15 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "method": "cat",
         "base": base,
         "adapters": [str(a.source) if getattr(a, "source", None) else a.name for a in records],
+        "adapter_sha256": [sha256_dir(a.source) if getattr(a, "source", None) else None for a in records],
         "data": [d if isinstance(d, str) else "<tokenised examples>" if isinstance(d, dict) else str(d) for d in data][:50],
         "options": {"granularity": granularity, "normalize": normalize, "init": init, "lr": lr, "steps": steps,
                     "epochs": epochs if steps is None else None, "batch_size": batch_size, "grad_accum": grad_accum,
                     "schedule": schedule, "fraction": fraction, "max_samples": max_samples, "cutoff_len": cutoff_len,
-                    "val_fraction": val_fraction, "seed": seed, "no_train": no_train, "precision": precision,
-                    "device": device},
-        "resolved": {"precision": prec, "precision_reason": prec_reason, "device": dev, "steps": n_steps, "train_examples": len(train_ex),
+                    "val_fraction": val_fraction, "skip_long_prompts": skip_long_prompts, "seed": seed,
+                    "no_train": no_train, "precision": precision, "device": device},
+        "resolved": {"precision": prec, "precision_reason": prec_reason, "device": dev, "steps": n_steps,
+                     "train_examples": len(train_ex),
                      "val_examples": len(val_ex), "groups": len(handle.coefficients.groups),
                      "modules": len(handle.modules), "total_ranks": sorted({f.r for f in factors.values()})},
         "val_loss_before": val_before,

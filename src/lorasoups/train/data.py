@@ -334,6 +334,9 @@ def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> Loa
     src.n_records = len(records)
     if not records:
         raise DataError(f"{path}: empty dataset (no records)")
+    if fmt == "auto":  # decided by the first record, then required of every record
+        fmt = _detect_format(records[0]) or "auto"
+        src.format = fmt
     for i, rec in enumerate(records):
         ex = record_to_example(rec, fmt, f"{path}: record {i}")
         if ex is None:
@@ -342,8 +345,6 @@ def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> Loa
             src.examples.append(ex)
     if not src.examples:
         raise DataError(f"{path}: no usable records ({src.n_skipped} of {len(records)} skipped as unanswerable)")
-    if src.format == "auto":
-        src.format = "auto:" + ",".join(sorted({_detect_format(r) or "?" for r in records[:50]}))
     return src
 
 

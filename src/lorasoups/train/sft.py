@@ -102,7 +102,7 @@ class TrainOptions:
 
 OPTION_NAMES = [f.name for f in dataclasses.fields(TrainOptions)]
 # Runner-only keywords of train_lora that are not training hyper-parameters.
-RUN_KEYWORDS = ("resume", "overwrite", "keep_checkpoints", "progress", "callbacks")
+RUN_KEYWORDS = ("resume", "overwrite", "keep_checkpoints", "progress", "callbacks", "threads")
 
 
 def make_options(**options: Any) -> TrainOptions:
@@ -265,7 +265,7 @@ def _comparable(options: dict[str, Any]) -> dict[str, Any]:
 
 def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume: bool = False,
                overwrite: bool = False, keep_checkpoints: bool = False, progress: bool = True,
-               callbacks: Sequence[Any] | None = None, **options: Any) -> Path:
+               callbacks: Sequence[Any] | None = None, threads: int | None = None, **options: Any) -> Path:
     """Train one LoRA on ``data`` (one spec: a skill LoRA; several: DATA-MIX) and save it to ``out``.
 
     Args:
@@ -278,6 +278,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         keep_checkpoints: keep the work folder after success.
         progress: show a progress bar.
         callbacks: extra ``transformers.TrainerCallback`` objects.
+        threads: ``torch.set_num_threads`` for this process (CPU); None leaves it as it is.
         **options: :class:`TrainOptions` fields (``r``, ``lora_alpha``, ``learning_rate``, ...).
 
     Returns:
@@ -300,6 +301,8 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
 
     t_start = time.time()
     opts = make_options(**options)
+    if threads:
+        torch.set_num_threads(int(threads))
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")

@@ -1,0 +1,449 @@
+"""Generation and teacher-forced likelihoods.
+
+:class:`HFGenerator` (transformers, CPU or GPU):
+
+* greedy decoding (deterministic: ``argmax``; no sampling), batched, with a KV cache;
+* **prefix caching**: the token prefix shared by every prompt of a call (the chat template's system
+  turn and the few-shot demos) is run once; its keys/values are copied into each batch's
+  ``DynamicCache`` (``DynamicCache(ddp_cache_data=...)`` concatenates them into fresh tensors, so the
+  stored prefix is never modified). Each prompt's remaining tokens are left-padded *after* the
+  prefix — ``[prefix][pad..][suffix]`` — with an attention mask that hides the pads and position
+  ids that continue from the prefix, so every row sees exactly the positions of its unpadded
+  prompt;
+* finished rows (end-of-turn token, a stop string, a stop pattern, the token budget) leave the
+  batch (``Cache.batch_select_indices``), so long completions do not carry short ones;
+* bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled.
+
+Prompts are tokenised without special tokens, exactly as :func:`lorasoups.prompts.encode_pair`
+does for training, and :meth:`HFGenerator.nll` computes the gold response's likelihood from
+``encode_pair`` ids (end-of-turn token included, prompt tokens masked), so training, generation
+and likelihoods see the same token sequences.
+
+:class:`VLLMGenerator` (optional extra ``vllm``, import-guarded) serves a base model and a PEFT
+adapter folder with vLLM for users with a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from ..errors import ConfigError, ModelError
+from ..prompts import IGNORE_INDEX, encode_pair
+
+
+class Generator(Protocol):
+    """What the runner needs from a backend."""
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 stop_regex: str | None = None) -> list[str]: ...
+
+    def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]: ...
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16`` flags)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] = (), stop_regex: str | None = None) -> tuple[str, bool]:
+    """Cut ``text`` before the first stop string or after the first ``stop_regex`` match.
+
+    Returns ``(text, stopped)``.
+    """
+    cut = None
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i >= 0 and (cut is None or i < cut):
+                cut = i
+    if stop_regex:
+        m = re.search(stop_regex, text)
+        if m and (cut is None or m.end() < cut):
+            cut = m.end()
+    if cut is None:
+        return text, False
+    return text[:cut], True
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences, capped so that every sequence keeps
+    at least one token after it (the last prompt token must be run to predict the next)."""
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs) - 1
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return max(0, k)
+
+
+class CannedGenerator:
+    """A fake backend for tests: returns canned completions (no model).
+
+    Args:
+        completions: a list (returned in call order, cycling per call) or a dict prompt-substring
+            -> completion (the first key found in the prompt wins), or a callable prompt -> text.
+    """
+
+    def __init__(self, completions: Any):
+        self.completions = completions
+        self.calls: list[list[str]] = []
+        self.stats: dict[str, float] = {}
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 0, stop: Sequence[str] = (),
+                 stop_regex: str | None = None) -> list[str]:
+        self.calls.append(list(prompts))
+        out = []
+        for i, p in enumerate(prompts):
+            c = self.completions
+            if callable(c):
+                out.append(c(p))
+            elif isinstance(c, dict):
+                out.append(next((v for k, v in c.items() if k in p), ""))
+            else:
+                out.append(c[i % len(c)])
+        return out
+
+    def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
+        raise NotImplementedError("CannedGenerator has no likelihoods; pass likelihood=False")
+
+
+def _cache_kv(cache: Any) -> list[tuple[Any, Any]]:
+    """Per-layer (keys, values) of a transformers cache; shapes (batch, kv_heads, seq, head_dim)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [(k, v) for k, v in cache]
+
+
+def _make_cache(kv: list[tuple[Any, Any]], config: Any, batch: int) -> Any:
+    """A fresh DynamicCache holding ``kv`` repeated ``batch`` times (copied, never shared)."""
+    from transformers import DynamicCache
+
+    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
+    try:
+        return DynamicCache(data, config=config)
+    except TypeError:  # older transformers
+        return DynamicCache.from_legacy_cache(tuple((k.contiguous(), v.contiguous()) for k, v in data))
+
+
+def _select_rows(cache: Any, idx: Any) -> None:
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(idx)
+        return
+    for layer in cache.layers:  # pragma: no cover - old API
+        layer.keys, layer.values = layer.keys[idx], layer.values[idx]
+
+
+class HFGenerator:
+    """Batched greedy generation with prefix caching, and teacher-forced likelihoods.
+
+    Args:
+        model: a causal LM (plain, PEFT-wrapped or MoE-wrapped), eval mode.
+        tokenizer: its tokenizer.
+        batch_size: rows per forward pass.
+        prefix_cache: reuse the KV cache of the prompts' common token prefix.
+        bf16: autocast to bf16 (default: on CPU when :func:`cpu_supports_bf16`, on CUDA always).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, prefix_cache: bool = True,
+                 bf16: bool | None = None):
+        import torch
+
+        self.model, self.tok = model, tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.prefix_cache = prefix_cache
+        p = next(model.parameters())
+        self.device = p.device
+        if bf16 is None:
+            bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
+        self.bf16 = bool(bf16) and p.dtype == torch.float32
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else (
+            "num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        self.config = getattr(base, "config", None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.eos_ids = self._eos_ids()
+        self._prefix_memo: tuple[tuple[int, ...], Any] | None = None
+        self.stats = {"generated_tokens": 0, "generate_s": 0.0, "prompt_tokens": 0, "prefix_tokens_reused": 0,
+                      "nll_s": 0.0}
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for t in (self.tok.eos_token_id,):
+            if t is not None:
+                ids.add(int(t))
+        gc = getattr(self.model, "generation_config", None)
+        e = getattr(gc, "eos_token_id", None) if gc is not None else None
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+        for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
+            tid = self.tok.convert_tokens_to_ids(name) if name in self.tok.get_vocab() else None
+            if tid is not None:
+                ids.add(int(tid))
+        return ids
+
+    def _ctx(self):
+        import torch
+
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt token ids, as :func:`lorasoups.prompts.encode_pair` tokenises a prompt."""
+        return list(self.tok(prompt, add_special_tokens=False)["input_ids"])
+
+    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool):
+        import torch
+
+        kw: dict[str, Any] = {self._cache_kw: cache}
+        if last_only and self._keep_kw:
+            kw[self._keep_kw] = 1
+        with torch.inference_mode(), self._ctx():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+        new_cache = out.get("cache") if "cache" in out else None
+        if new_cache is None:
+            new_cache = out.get("past_key_values")
+        return out.logits, new_cache
+
+    def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[Any, Any]]:
+        """KV of the shared prefix, computed once per distinct prefix (memo of the last one)."""
+        import torch
+
+        key = tuple(prefix)
+        if self._prefix_memo is not None and self._prefix_memo[0] == key:
+            return self._prefix_memo[1]
+        ids = torch.tensor([list(prefix)], device=self.device)
+        mask = torch.ones_like(ids)
+        pos = torch.arange(len(prefix), device=self.device)[None]
+        _, cache = self._forward(ids, mask, pos, None, last_only=True)
+        kv = [(k.detach(), v.detach()) for k, v in _cache_kv(cache)]
+        self._prefix_memo = (key, kv)
+        return kv
+
+    def _batch_inputs(self, suffixes: Sequence[Sequence[int]], P: int):
+        """Left-pad suffixes after a prefix of length ``P``.
+
+        Returns ``ids (B, Ls)``, ``mask (B, P+Ls)``, ``pos (B, Ls)``, ``offsets`` (pads per row).
+        """
+        import torch
+
+        B, L = len(suffixes), max(len(s) for s in suffixes)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        smask = torch.zeros((B, L), dtype=torch.long)
+        offsets = []
+        for b, s in enumerate(suffixes):
+            o = L - len(s)
+            offsets.append(o)
+            ids[b, o:] = torch.tensor(list(s), dtype=torch.long)
+            smask[b, o:] = 1
+        pos = (P + smask.cumsum(1) - 1).clamp(min=0)  # (B, L); pads get any valid position
+        mask = torch.cat([torch.ones((B, P), dtype=torch.long), smask], 1)  # (B, P+L)
+        return ids.to(self.device), mask.to(self.device), pos.to(self.device), offsets
+
+    # ---- generation --------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 stop_regex: str | None = None) -> list[str]:
+        """Greedy completions of ``prompts`` (text after the prompt, special tokens removed,
+        cut at the first stop string / after the first ``stop_regex`` match)."""
+        t0 = time.perf_counter()
+        enc = [self.encode(p) for p in prompts]
+        if not enc:
+            return []
+        P = common_prefix_len(enc) if (self.prefix_cache and len(enc) > 1) else 0
+        kv = self._prefix_kv(enc[0][:P]) if P > 0 else None
+        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+        out: list[str | None] = [None] * len(enc)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop, stop_regex)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        self.stats["prompt_tokens"] += sum(len(e) for e in enc)
+        self.stats["prefix_tokens_reused"] += P * (len(enc) - 1) if P else 0
+        self.stats["generate_s"] += time.perf_counter() - t0
+        return [o or "" for o in out]
+
+    def _generate_batch(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, max_new: int,
+                        stop: Sequence[str], stop_regex: str | None) -> list[str]:
+        import torch
+
+        B = len(suffixes)
+        ids, mask, pos, _ = self._batch_inputs(suffixes, P)
+        cache = _make_cache(kv, self.config, B) if kv is not None else None
+        logits, cache = self._forward(ids, mask, pos, cache, last_only=True)
+        nxt = logits[:, -1].float().argmax(-1)  # (B,)
+        last_pos = pos[:, -1]
+        rows = list(range(B))  # original row of each live batch slot
+        gen: list[list[int]] = [[] for _ in range(B)]
+        texts = [""] * B
+        for _ in range(max_new):
+            keep = []
+            toks = nxt.tolist()
+            for j, b in enumerate(rows):
+                t = int(toks[j])
+                self.stats["generated_tokens"] += 1
+                if t in self.eos_ids:
+                    continue
+                gen[b].append(t)
+                text = self.tok.decode(gen[b], skip_special_tokens=True)
+                cut, stopped = truncate_at_stop(text, stop, stop_regex)
+                texts[b] = cut
+                if stopped or len(gen[b]) >= max_new:
+                    continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                sel = torch.tensor(keep, device=self.device)
+                _select_rows(cache, sel)
+                mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
+                rows = [rows[j] for j in keep]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
+            last_pos = last_pos + 1
+            logits, cache = self._forward(nxt[:, None], mask, last_pos[:, None], cache, last_only=True)
+            nxt = logits[:, -1].float().argmax(-1)
+        return texts
+
+    # ---- likelihood --------------------------------------------------------------------------
+    def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
+        """Teacher-forced negative log-likelihood of each response after its prompt.
+
+        Token ids are :func:`lorasoups.prompts.encode_pair` ids (response + end-of-turn token;
+        prompt tokens masked). Returns per pair ``{"nll": mean over response tokens (nats/token),
+        "sum": total nats, "n_tokens": int}``.
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        encs = [encode_pair(self.tok, p, r, where=f"likelihood item {i}") for i, (p, r) in enumerate(zip(prompts, responses))]
+        n_prompt = [sum(1 for x in e["labels"] if x == IGNORE_INDEX) for e in encs]
+        P = 0
+        if self.prefix_cache and len(encs) > 1:
+            # within the prompts, keeping >= 1 prompt token per row after the prefix
+            P = common_prefix_len([e["input_ids"][:n] for e, n in zip(encs, n_prompt)])
+        kv = self._prefix_kv(encs[0]["input_ids"][:P]) if P > 0 else None
+        order = sorted(range(len(encs)), key=lambda i: -len(encs[i]["input_ids"]))
+        out: list[dict[str, float] | None] = [None] * len(encs)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            suff = [encs[i]["input_ids"][P:] for i in idx]
+            labs = [encs[i]["labels"][P:] for i in idx]
+            ids, mask, pos, offs = self._batch_inputs(suff, P)
+            cache = _make_cache(kv, self.config, len(idx)) if kv is not None else None
+            logits, _ = self._forward(ids, mask, pos, cache, last_only=False)  # (B, Ls, V)
+            for b, i in enumerate(idx):
+                lab = labs[b]
+                tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
+                if not tpos:
+                    out[i] = {"nll": float("nan"), "sum": 0.0, "n_tokens": 0}
+                    continue
+                rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
+                tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
+                lp = torch.log_softmax(logits[b, rows].float(), -1).gather(1, tgt[:, None])[:, 0]
+                tot = float(-lp.sum())
+                out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
+            del logits
+        self.stats["nll_s"] += time.perf_counter() - t0
+        return [o for o in out if o is not None]
+
+
+class VLLMGenerator:
+    """Generation with vLLM (optional extra: ``pip install lorasoups[vllm]``; needs a GPU).
+
+    Serves ``base`` with the PEFT adapter folder ``adapter`` (LoRA) through ``LoRARequest``, greedy
+    (temperature 0), automatic prefix caching on. Likelihoods use vLLM's prompt log-probabilities
+    on :func:`lorasoups.prompts.encode_pair` ids.
+
+    Raises:
+        ConfigError: vLLM is not installed, or the adapter is an MoE folder (vLLM cannot serve it).
+    """
+
+    def __init__(self, base_path: str, tokenizer: Any, adapter: str | None = None, *, max_lora_rank: int = 64,
+                 gpu_memory_utilization: float = 0.8, **llm_kw: Any):
+        try:
+            from vllm import LLM, SamplingParams  # noqa: F401
+        except ImportError:
+            raise ConfigError("--backend vllm needs the optional vLLM extra (pip install 'lorasoups[vllm]') "
+                              "and a GPU; use --backend hf on CPUs") from None
+        from vllm import LLM
+
+        self.tok = tokenizer
+        self.adapter = adapter
+        self.llm = LLM(model=base_path, tokenizer=base_path, enable_lora=adapter is not None,
+                       max_lora_rank=max_lora_rank, enable_prefix_caching=True,
+                       gpu_memory_utilization=gpu_memory_utilization, **llm_kw)
+        self._lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest("adapter", 1, str(adapter))
+        self.stats = {"generated_tokens": 0, "generate_s": 0.0}
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 stop_regex: str | None = None) -> list[str]:
+        from vllm import SamplingParams
+
+        t0 = time.perf_counter()
+        sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
+                            skip_special_tokens=True)
+        reqs = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        res = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=False)
+        out = []
+        for r in res:
+            o = r.outputs[0]
+            self.stats["generated_tokens"] += len(o.token_ids)
+            out.append(truncate_at_stop(o.text, stop, stop_regex)[0])
+        self.stats["generate_s"] += time.perf_counter() - t0
+        return out
+
+    def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
+        from vllm import SamplingParams
+
+        encs = [encode_pair(self.tok, p, r) for p, r in zip(prompts, responses)]
+        sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        res = self.llm.generate([{"prompt_token_ids": e["input_ids"]} for e in encs], sp,
+                                lora_request=self._lora, use_tqdm=False)
+        out = []
+        for e, r in zip(encs, res):
+            tot, n = 0.0, 0
+            for t, (tid, lab) in enumerate(zip(e["input_ids"], e["labels"])):
+                if lab == IGNORE_INDEX or t == 0:
+                    continue
+                lp = r.prompt_logprobs[t][tid].logprob
+                tot -= lp
+                n += 1
+            out.append({"nll": tot / n if n else float("nan"), "sum": tot, "n_tokens": n})
+        return out
+
+
+def check_backend(name: str) -> str:
+    """Validate a backend name (``hf`` or ``vllm``)."""
+    if name not in ("hf", "vllm"):
+        raise ConfigError(f"unknown backend {name!r}; use hf or vllm")
+    return name
+
+
+__all__ = ["Generator", "HFGenerator", "VLLMGenerator", "CannedGenerator", "cpu_supports_bf16",
+           "truncate_at_stop", "common_prefix_len", "ModelError"]

@@ -1,0 +1,91 @@
+"""Loading the model to evaluate: a base model, optionally with a PEFT LoRA adapter folder (loaded
+with vanilla ``PeftModel.from_pretrained``, as any user would) or an MoE folder (loaded with
+``lorasoups.moe.load_moe_model``, import-guarded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterError
+
+
+def _moe_api():
+    """``(is_moe_folder, load_moe_model)`` or ``(None, None)`` while lorasoups.moe is unavailable."""
+    try:
+        from ..moe import is_moe_folder, load_moe_model  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    return is_moe_folder, load_moe_model
+
+
+def adapter_kind(adapter: str | Path) -> str:
+    """``lora`` (a PEFT adapter folder) or ``moe`` (an MoE folder).
+
+    Raises:
+        AdapterError: the folder does not exist or is neither kind.
+    """
+    p = Path(adapter)
+    if not p.is_dir():
+        raise AdapterError(f"{p}: adapter folder does not exist")
+    is_moe, _ = _moe_api()
+    if is_moe is not None and is_moe(p):
+        return "moe"
+    if (p / "adapter_config.json").is_file():
+        return "lora"
+    hint = "" if is_moe is not None else " (MoE folders need lorasoups.moe, which is not available in this install)"
+    raise AdapterError(f"{p}: not a PEFT adapter folder (no adapter_config.json) nor an MoE folder{hint}")
+
+
+def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora: bool = True,
+                    device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+    """Load ``(model, tokenizer, info)`` for evaluation, eval mode, fp32 weights.
+
+    Args:
+        base: embedded name, local HF folder or hub id (see :func:`lorasoups.models.resolve_base`).
+        adapter: a PEFT LoRA folder or an MoE folder.
+        merge_lora: after loading a LoRA with PEFT, fold it into the weights
+            (``merge_and_unload``) — same function, faster forward passes.
+
+    Raises:
+        ModelError: the base model cannot be loaded.
+        AdapterError: the adapter folder is missing, malformed or does not fit the base model.
+    """
+    from ..models import load_base, resolve_base
+
+    model, tok = load_base(base, device=device)
+    info: dict[str, Any] = {"base": base, "base_path": resolve_base(base), "adapter": None, "adapter_kind": None}
+    if adapter is None:
+        return model, tok, info
+    kind = adapter_kind(adapter)
+    info.update(adapter=str(Path(adapter).resolve()), adapter_kind=kind)
+    if kind == "moe":
+        _, load_moe = _moe_api()
+        model = load_moe(model, str(adapter))
+        model.eval()
+        return model, tok, info
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        raise AdapterError(f"{adapter}: PEFT could not load this adapter on base {base!r}: "
+                           f"{str(e).splitlines()[0][:300]}") from None
+    if merge_lora:
+        model = model.merge_and_unload()
+        info["merged"] = True
+    model.eval()
+    return model, tok, info
+
+
+def checksums(info: dict[str, Any]) -> dict[str, Any]:
+    """SHA-256 of every file of the base-model folder and of the adapter folder."""
+    from ..provenance import sha256_dir
+
+    out: dict[str, Any] = {}
+    bp = Path(info.get("base_path") or "")
+    out["base"] = sha256_dir(bp) if bp.is_dir() else None
+    if info.get("adapter"):
+        out["adapter"] = sha256_dir(info["adapter"])
+    return out

@@ -1,0 +1,2 @@
+"""Evaluation tasks, one module per benchmark family; importing a module registers its tasks
+in :data:`lorasoups.eval.registry.TASKS`."""
