@@ -194,7 +194,7 @@ def test_report_rebuild(tmp_path, tiny_dir):
 
     assert main(["report", str(run)]) == 0
     csv = (run / "results.csv").read_text().splitlines()
-    assert csv[0].startswith("method,kind,t_target nll,t_target nll stderr,t_target nll n")
+    assert csv[0].startswith("method,algorithm,t_target nll,t_target nll stderr,t_target nll n")
     assert len(csv) == 1 + 6
     # best per column: exactly the row(s) with min nll carry the mark
     doc = json.loads((run / "results.json").read_text())

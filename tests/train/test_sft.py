@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,9 +114,16 @@ def test_two_process_ddp_saves_one_adapter(tmp_path, tiny_dir, skill_file):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lorasoups.cli.main", "train", "--base", str(tiny_dir), "--data", str(skill_file), "--out", str(out),
            "--max-steps", "3", "--batch-size", "2", "--cutoff-len", "96", "--no-progress"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("saved ") == 1
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its two workers
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count("saved ") == 1
     info = json.loads((out / "train_info.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 3
     # 32 examples, 2 processes x 2 per step -> 8 steps per epoch: each rank saw different data
@@ -151,7 +159,11 @@ def test_cli_bad_input_and_option(tmp_path, tiny_dir, capsys):
     assert rc == 2 and "fp16 needs a GPU" in capsys.readouterr().err or torch.cuda.is_available()
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         train_lora(str(tiny_dir), [str(f)], tmp_path / "o", learning_rat=1.0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    g = tmp_path / "ok.json"
+    g.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    with pytest.raises(ConfigError, match="target modules"):
+        train_lora(str(tiny_dir), [str(g)], tmp_path / "o", target_modules=["nope_proj"], max_steps=1, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "ok.json"]
 
 
 def test_data_mix_registered():

@@ -4,15 +4,24 @@
 
 * greedy decoding (deterministic: ``argmax``; no sampling), batched, with a KV cache;
 * **prefix caching**: the token prefix shared by every prompt of a call (the chat template's system
-  turn and the few-shot demos) is run once; its keys/values are copied into each batch's
-  ``DynamicCache`` (``DynamicCache(ddp_cache_data=...)`` concatenates them into fresh tensors, so the
-  stored prefix is never modified). Each prompt's remaining tokens are left-padded *after* the
-  prefix — ``[prefix][pad..][suffix]`` — with an attention mask that hides the pads and position
-  ids that continue from the prefix, so every row sees exactly the positions of its unpadded
-  prompt;
+  turn and the few-shot demos) is run once and its keys/values are reused. Each prompt's remaining
+  tokens are left-padded *after* the prefix — ``[prefix][pad..][suffix]`` — with an attention mask
+  that hides the pads and position ids that continue from the prefix, so every row sees exactly
+  the positions of its unpadded prompt. Two ways to reuse the prefix:
+
+  - ``shared`` (default where the model's attention dispatches through transformers'
+    ``AttentionInterface``): a registered attention function attends to the prefix keys/values
+    held *once* (batch 1) and to each row's own keys/values in the ordinary ``DynamicCache``,
+    with one softmax over both parts. The prefix is never replicated per row, which matters on
+    CPUs where decoding is memory-bound;
+  - ``copy`` (fallback): the prefix keys/values are copied into each batch's ``DynamicCache``
+    (``DynamicCache(ddp_cache_data=...)`` concatenates them into fresh tensors, so the stored
+    prefix is never modified);
 * finished rows (end-of-turn token, a stop string, a stop pattern, the token budget) leave the
   batch (``Cache.batch_select_indices``), so long completions do not carry short ones;
-* bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled.
+* bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled. One autocast
+  region (under ``torch.no_grad``) spans a whole call, so autocast's cache of bf16 weight copies
+  is filled once instead of re-casting every weight at every decoding step.
 
 Prompts are tokenised without special tokens, exactly as :func:`lorasoups.prompts.encode_pair`
 does for training, and :meth:`HFGenerator.nll` computes the gold response's likelihood from
@@ -26,6 +35,7 @@ adapter folder with vLLM for users with a GPU.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import re
 import time
@@ -123,6 +133,105 @@ class CannedGenerator:
         raise NotImplementedError("CannedGenerator has no likelihoods; pass likelihood=False")
 
 
+# ---- shared-prefix attention -----------------------------------------------------------------
+PREFIX_ATTN = "lorasoups_prefix"
+_ACTIVE_PREFIX: contextvars.ContextVar[Any] = contextvars.ContextVar("lorasoups_active_prefix", default=None)
+_REGISTERED = {"done": False, "ok": False}
+
+
+def prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                     scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
+    """Attention over a shared prefix (held once) plus each row's own keys/values.
+
+    Falls back to transformers' SDPA attention when no prefix is active.
+
+    Shapes: ``query (B, Hq, q, d)``; ``key``/``value`` (this batch's rows, from the cache)
+    ``(B, Hkv, T, d)``; active prefix per layer ``(1, Hkv, P, d)``; ``attention_mask`` the rows'
+    boolean mask ``(B, 1, q, T)`` (True = attend) or None (plain causal). Query head ``h`` uses
+    key/value head ``h // (Hq / Hkv)`` (grouped-query attention). Softmax in fp32 over the
+    concatenated ``[prefix | rows]`` scores (every prefix position is visible to every row).
+
+    Returns ``(attn_output (B, q, Hq, d), None)`` as transformers' attention functions do.
+    """
+    import torch
+
+    kv = _ACTIVE_PREFIX.get()
+    if kv is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    kp, vp = kv[module.layer_idx]
+    B, Hq, q, d = query.shape
+    Hkv, T, P = key.shape[1], key.shape[2], kp.shape[2]
+    G = Hq // Hkv
+    M = G * q
+    scale = scaling if scaling is not None else d ** -0.5
+    qg = query.reshape(B, Hkv, M, d)  # (B, Hkv, G*q, d): heads of one kv group, then positions
+    qf = qg.transpose(0, 1).reshape(Hkv, B * M, d)  # (Hkv, B*G*q, d): prefix read once per layer
+    s_p = torch.bmm(qf, kp[0].transpose(1, 2).to(qf.dtype)).view(Hkv, B, M, P).transpose(0, 1)  # (B, Hkv, M, P)
+    s_r = torch.matmul(qg, key.transpose(-1, -2).to(qg.dtype))  # (B, Hkv, M, T)
+    if attention_mask is not None:
+        am = attention_mask[..., -T:]
+        allowed = am if am.dtype == torch.bool else (am == 0)
+        allowed = allowed.expand(B, 1, q, T)
+    elif q > 1:
+        i = torch.arange(q, device=query.device)[:, None]
+        j = torch.arange(T, device=query.device)[None, :]
+        allowed = (j <= i + (T - q))[None, None].expand(B, 1, q, T)
+    else:
+        allowed = None
+    s = torch.cat([s_p, s_r], -1).float() * scale  # (B, Hkv, M, P+T)
+    if allowed is not None:
+        rows_ok = allowed[:, :, None].expand(B, 1, G, q, T).reshape(B, 1, M, T)
+        full_ok = torch.cat([torch.ones((B, 1, M, P), dtype=torch.bool, device=s.device), rows_ok], -1)
+        s = s.masked_fill(~full_ok, float("-inf"))
+    p = torch.softmax(s, -1).to(value.dtype)
+    p_p = p[..., :P].transpose(0, 1).reshape(Hkv, B * M, P)
+    out_p = torch.bmm(p_p, vp[0].to(p_p.dtype)).view(Hkv, B, M, d).transpose(0, 1)  # (B, Hkv, M, d)
+    out = out_p + torch.matmul(p[..., P:], value)  # (B, Hkv, M, d)
+    out = out.reshape(B, Hq, q, d).transpose(1, 2).contiguous()  # (B, q, Hq, d)
+    return out, None
+
+
+def _register_prefix_attention() -> bool:
+    """Register :func:`prefix_attention` (and SDPA's mask builder) with transformers, once."""
+    if _REGISTERED["done"]:
+        return _REGISTERED["ok"]
+    _REGISTERED["done"] = True
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(PREFIX_ATTN, prefix_attention)
+        AttentionMaskInterface.register(PREFIX_ATTN, sdpa_mask)
+        _REGISTERED["ok"] = True
+    except Exception:  # older transformers: use the copying fallback
+        _REGISTERED["ok"] = False
+    return _REGISTERED["ok"]
+
+
+def _enable_shared_prefix(model: Any) -> bool:
+    """Switch ``model``'s attention from SDPA to :func:`prefix_attention` (identical results
+    while no prefix is active). False when the model does not use SDPA through the interface."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or not _register_prefix_attention():
+        return False
+    cur = getattr(cfg, "_attn_implementation", None)
+    if cur == PREFIX_ATTN:
+        return True
+    if cur != "sdpa":
+        return False
+    if not any(hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups") for m in base.modules()):
+        return False
+    try:
+        cfg._attn_implementation = PREFIX_ATTN
+    except Exception:
+        return False
+    return cfg._attn_implementation == PREFIX_ATTN
+
+
 def _cache_kv(cache: Any) -> list[tuple[Any, Any]]:
     """Per-layer (keys, values) of a transformers cache; shapes (batch, kv_heads, seq, head_dim)."""
     if hasattr(cache, "layers"):
@@ -159,16 +268,27 @@ class HFGenerator:
         tokenizer: its tokenizer.
         batch_size: rows per forward pass.
         prefix_cache: reuse the KV cache of the prompts' common token prefix.
+        prefix_mode: ``auto`` (``shared`` where supported, else ``copy``), ``shared`` or ``copy``
+            (see the module docstring).
         bf16: autocast to bf16 (default: on CPU when :func:`cpu_supports_bf16`, on CUDA always).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, prefix_cache: bool = True,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, prefix_mode: str = "auto"):
         import torch
 
         self.model, self.tok = model, tokenizer
         self.batch_size = max(1, int(batch_size))
         self.prefix_cache = prefix_cache
+        if prefix_mode not in ("auto", "shared", "copy"):
+            raise ConfigError(f"prefix_mode must be auto, shared or copy, got {prefix_mode!r}")
+        self.prefix_mode = "off"
+        if prefix_cache:
+            shared = prefix_mode in ("auto", "shared") and _enable_shared_prefix(model)
+            if prefix_mode == "shared" and not shared:
+                raise ConfigError("prefix_mode='shared' needs a model whose attention runs through "
+                                  "transformers' SDPA AttentionInterface; use prefix_mode='copy'")
+            self.prefix_mode = "shared" if shared else "copy"
         p = next(model.parameters())
         self.device = p.device
         if bf16 is None:
@@ -203,37 +323,47 @@ class HFGenerator:
                 ids.add(int(tid))
         return ids
 
-    def _ctx(self):
+    @contextlib.contextmanager
+    def _session(self):
+        """``no_grad`` + one bf16 autocast region for a whole call (autocast caches the bf16
+        copies of the weights within a region; ``inference_mode`` would disable that cache)."""
         import torch
 
-        if self.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        with torch.no_grad():
+            if self.bf16:
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt token ids, as :func:`lorasoups.prompts.encode_pair` tokenises a prompt."""
         return list(self.tok(prompt, add_special_tokens=False)["input_ids"])
 
-    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool):
-        import torch
-
+    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool, shared_kv: Any = None):
+        """One forward pass; ``shared_kv`` activates :func:`prefix_attention` for its duration."""
         kw: dict[str, Any] = {self._cache_kw: cache}
         if last_only and self._keep_kw:
             kw[self._keep_kw] = 1
-        with torch.inference_mode(), self._ctx():
+        token = _ACTIVE_PREFIX.set(shared_kv)
+        try:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+        finally:
+            _ACTIVE_PREFIX.reset(token)
         new_cache = out.get("cache") if "cache" in out else None
         if new_cache is None:
             new_cache = out.get("past_key_values")
         return out.logits, new_cache
 
     def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[Any, Any]]:
-        """KV of the shared prefix, computed once per distinct prefix (memo of the last one)."""
+        """Per-layer keys/values ``(1, Hkv, P, d)`` of the shared prefix, computed once per
+        distinct prefix (the last one is memoised)."""
         import torch
 
         key = tuple(prefix)
         if self._prefix_memo is not None and self._prefix_memo[0] == key:
             return self._prefix_memo[1]
+        self._prefix_memo = None
         ids = torch.tensor([list(prefix)], device=self.device)
         mask = torch.ones_like(ids)
         pos = torch.arange(len(prefix), device=self.device)[None]
@@ -242,10 +372,13 @@ class HFGenerator:
         self._prefix_memo = (key, kv)
         return kv
 
-    def _batch_inputs(self, suffixes: Sequence[Sequence[int]], P: int):
-        """Left-pad suffixes after a prefix of length ``P``.
+    def _batch_inputs(self, suffixes: Sequence[Sequence[int]], P: int, include_prefix_in_mask: bool):
+        """Left-pad suffixes that follow a prefix of length ``P``.
 
-        Returns ``ids (B, Ls)``, ``mask (B, P+Ls)``, ``pos (B, Ls)``, ``offsets`` (pads per row).
+        Returns ``ids (B, Ls)``, ``mask`` (``(B, P+Ls)`` with the prefix columns, or ``(B, Ls)``
+        for the shared mode where the prefix is outside the cache), ``pos (B, Ls)`` (positions
+        continue from the prefix; pads get any valid position, they are masked), ``offsets``
+        (pads per row).
         """
         import torch
 
@@ -258,9 +391,20 @@ class HFGenerator:
             offsets.append(o)
             ids[b, o:] = torch.tensor(list(s), dtype=torch.long)
             smask[b, o:] = 1
-        pos = (P + smask.cumsum(1) - 1).clamp(min=0)  # (B, L); pads get any valid position
-        mask = torch.cat([torch.ones((B, P), dtype=torch.long), smask], 1)  # (B, P+L)
+        pos = (P + smask.cumsum(1) - 1).clamp(min=0)  # (B, L)
+        mask = torch.cat([torch.ones((B, P), dtype=torch.long), smask], 1) if include_prefix_in_mask else smask
         return ids.to(self.device), mask.to(self.device), pos.to(self.device), offsets
+
+    def _start(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, last_only: bool):
+        """Run the suffixes after the prefix. Returns ``(logits, cache, mask, pos, offsets, shared)``."""
+        shared = kv if (kv is not None and self.prefix_mode == "shared") else None
+        ids, mask, pos, offs = self._batch_inputs(suffixes, P, include_prefix_in_mask=shared is None)
+        cache = _make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
+        logits, cache = self._forward(ids, mask, pos, cache, last_only=last_only, shared_kv=shared)
+        return logits, cache, mask, pos, offs, shared
+
+    def _prefix_len(self, seqs: Sequence[Sequence[int]]) -> int:
+        return common_prefix_len(seqs) if (self.prefix_mode != "off" and len(seqs) > 1) else 0
 
     # ---- generation --------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
@@ -271,15 +415,16 @@ class HFGenerator:
         enc = [self.encode(p) for p in prompts]
         if not enc:
             return []
-        P = common_prefix_len(enc) if (self.prefix_cache and len(enc) > 1) else 0
-        kv = self._prefix_kv(enc[0][:P]) if P > 0 else None
-        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
         out: list[str | None] = [None] * len(enc)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop, stop_regex)
-            for i, t in zip(idx, texts):
-                out[i] = t
+        with self._session():
+            P = self._prefix_len(enc)
+            kv = self._prefix_kv(enc[0][:P]) if P > 0 else None
+            order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop, stop_regex)
+                for i, t in zip(idx, texts):
+                    out[i] = t
         self.stats["prompt_tokens"] += sum(len(e) for e in enc)
         self.stats["prefix_tokens_reused"] += P * (len(enc) - 1) if P else 0
         self.stats["generate_s"] += time.perf_counter() - t0
@@ -290,9 +435,7 @@ class HFGenerator:
         import torch
 
         B = len(suffixes)
-        ids, mask, pos, _ = self._batch_inputs(suffixes, P)
-        cache = _make_cache(kv, self.config, B) if kv is not None else None
-        logits, cache = self._forward(ids, mask, pos, cache, last_only=True)
+        logits, cache, mask, pos, _, shared = self._start(suffixes, P, kv, last_only=True)
         nxt = logits[:, -1].float().argmax(-1)  # (B,)
         last_pos = pos[:, -1]
         rows = list(range(B))  # original row of each live batch slot
@@ -322,7 +465,7 @@ class HFGenerator:
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
             last_pos = last_pos + 1
-            logits, cache = self._forward(nxt[:, None], mask, last_pos[:, None], cache, last_only=True)
+            logits, cache = self._forward(nxt[:, None], mask, last_pos[:, None], cache, last_only=True, shared_kv=shared)
             nxt = logits[:, -1].float().argmax(-1)
         return texts
 
@@ -338,33 +481,31 @@ class HFGenerator:
 
         t0 = time.perf_counter()
         encs = [encode_pair(self.tok, p, r, where=f"likelihood item {i}") for i, (p, r) in enumerate(zip(prompts, responses))]
+        if not encs:
+            return []
         n_prompt = [sum(1 for x in e["labels"] if x == IGNORE_INDEX) for e in encs]
-        P = 0
-        if self.prefix_cache and len(encs) > 1:
-            # within the prompts, keeping >= 1 prompt token per row after the prefix
-            P = common_prefix_len([e["input_ids"][:n] for e, n in zip(encs, n_prompt)])
-        kv = self._prefix_kv(encs[0]["input_ids"][:P]) if P > 0 else None
-        order = sorted(range(len(encs)), key=lambda i: -len(encs[i]["input_ids"]))
         out: list[dict[str, float] | None] = [None] * len(encs)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            suff = [encs[i]["input_ids"][P:] for i in idx]
-            labs = [encs[i]["labels"][P:] for i in idx]
-            ids, mask, pos, offs = self._batch_inputs(suff, P)
-            cache = _make_cache(kv, self.config, len(idx)) if kv is not None else None
-            logits, _ = self._forward(ids, mask, pos, cache, last_only=False)  # (B, Ls, V)
-            for b, i in enumerate(idx):
-                lab = labs[b]
-                tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
-                if not tpos:
-                    out[i] = {"nll": float("nan"), "sum": 0.0, "n_tokens": 0}
-                    continue
-                rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
-                tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
-                lp = torch.log_softmax(logits[b, rows].float(), -1).gather(1, tgt[:, None])[:, 0]
-                tot = float(-lp.sum())
-                out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
-            del logits
+        with self._session():
+            # shared prefix within the prompts, keeping >= 1 prompt token per row after it
+            P = self._prefix_len([e["input_ids"][:n] for e, n in zip(encs, n_prompt)])
+            kv = self._prefix_kv(encs[0]["input_ids"][:P]) if P > 0 else None
+            order = sorted(range(len(encs)), key=lambda i: -len(encs[i]["input_ids"]))
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                labs = [encs[i]["labels"][P:] for i in idx]
+                logits, _, _, _, offs, _ = self._start([encs[i]["input_ids"][P:] for i in idx], P, kv, last_only=False)
+                for b, i in enumerate(idx):  # logits (B, Ls, V)
+                    lab = labs[b]
+                    tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
+                    if not tpos:
+                        out[i] = {"nll": float("nan"), "sum": 0.0, "n_tokens": 0}
+                        continue
+                    rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
+                    tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
+                    lp = torch.log_softmax(logits[b, rows].float(), -1).gather(1, tgt[:, None])[:, 0]
+                    tot = float(-lp.sum())
+                    out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
+                del logits
         self.stats["nll_s"] += time.perf_counter() - t0
         return [o for o in out if o is not None]
 

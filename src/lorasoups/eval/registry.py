@@ -18,6 +18,8 @@ from ..prompts import has_chat_template, render_prompt, user_text
 from ..registry import Registry, lazy_loader
 from .metrics import Metric, mean_stderr
 
+LIKELIHOOD_METRICS = ("nll_gold", "nll_control", "nll_gap", "gold_preferred")
+
 TASK_MODULES = [
     "lorasoups.eval.tasks.math_code",
     "lorasoups.eval.tasks.math_words",
@@ -93,7 +95,11 @@ class Task:
         stop: strings that end a completion (the text from the stop string on is dropped).
         stop_regex: a pattern that ends a completion after its match (e.g. a closed code fence).
         timeout_s: per-program wall-clock limit in the sandbox.
-        likelihood_note: why there is no gold-answer likelihood, when there is none.
+        likelihood_note: why there is no gold-answer likelihood, when there is none (then the
+            task's items have no ``gold_text``).
+        score_metrics: names of the metrics computed from completions.
+        metrics: every metric name the task can report (completion metrics, then likelihood
+            metrics when the task has gold responses).
     """
 
     name: str = ""
@@ -109,6 +115,11 @@ class Task:
     system: str | None = None
     timeout_s: float = 5.0
     likelihood_note: str | None = None
+    score_metrics: tuple[str, ...] = ()
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.score_metrics) + (() if self.likelihood_note else LIKELIHOOD_METRICS)
 
     # -- data -------------------------------------------------------------------------------
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:

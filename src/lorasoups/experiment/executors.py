@@ -54,9 +54,15 @@ def composite_data(ctx: "RunContext", step: "Step") -> list[str]:
 
 
 def composite_params(ctx: "RunContext", step: "Step") -> dict[str, Any]:
-    """Method parameters with the experiment seed as default."""
+    """Method parameters, with the experiment seed as the default ``seed`` of every method that
+    takes one (DARE's drop mask, CAT/MoE/LoRA Hub sampling and initialisation)."""
+    from ..methods import load_methods
+
     params = dict(step.method.params)
-    params.setdefault("seed", ctx.cfg.seed)
+    reg = load_methods()
+    takes_seed = step.method.method in reg and "seed" in reg.get(step.method.method).params
+    if takes_seed or step.method.kind in ("learned", "search", "routed", "trained"):
+        params.setdefault("seed", ctx.cfg.seed)
     return params
 
 
@@ -86,7 +92,7 @@ def exec_merge(step: "Step", ctx: "RunContext") -> dict[str, Any]:
     """Closed-form merge of the skill LoRAs with ``lorasoups.merge.driver.merge_adapters``."""
     from ..merge.driver import merge_adapters
 
-    params = dict(step.method.params)
+    params = composite_params(ctx, step)
     sig = inspect.signature(merge_adapters).parameters
     kw = {k: params.pop(k) for k in list(params) if k in sig and sig[k].kind is inspect.Parameter.KEYWORD_ONLY}
     adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]

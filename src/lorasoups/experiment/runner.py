@@ -97,7 +97,7 @@ class Runner:
             raise AssertionError("eval keys are per task; see _task_key")
         else:
             m = step.method
-            doc.update(method=m.method, params=thaw(composite_params(ctx, step)) if step.stage != "merge" else thaw(m.params),
+            doc.update(method=m.method, params=thaw(composite_params(ctx, step)),
                        inputs=[self._output_digest(ctx, d) for d in step.deps])
             if step.stage in ("data_mix", "cat", "lorahub", "moe"):
                 doc["data"] = self._data_files(ctx, composite_data(ctx, step))

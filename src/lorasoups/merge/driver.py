@@ -328,7 +328,9 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         rank: SVD step to rank K (best rank-K approximation, fp32). Dense methods without ``rank`` or
             ``full`` use the largest input rank. For exact methods ``rank`` truncates the rank-sum.
         full: write base + ΔW as a Hugging Face model folder instead of an adapter.
-        base: base model for ``full`` (embedded name, folder or hub id; default: the adapters' base).
+        base: base model for ``full`` (embedded name or local folder; default: the adapters' base);
+            for adapter outputs it is recorded as ``base_model_name_or_path`` only when the adapters
+            name none.
         overwrite: replace an existing ``out``.
         svd: ``exact`` (``torch.linalg.svd``) or ``randomized`` (``torch.svd_lowrank``, much faster for
             large matrices; the reported error is still exact for the written factors).

@@ -36,8 +36,8 @@ def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
     """Method labels holding the best value of ``col`` (ties all marked); empty if < 2 values."""
     vals = {m: metric_value(doc["results"], m, col["task"], col["metric"]) for m in doc["methods"]}
     vals = {m: v["value"] for m, v in vals.items() if v and v.get("value") is not None and math.isfinite(v["value"])}
-    if len(vals) < 2:
-        return set()
+    if len(vals) < 2 or len(set(vals.values())) == 1:
+        return set()  # nothing to single out
     best = max(vals.values()) if col.get("better", "higher") == "higher" else min(vals.values())
     return {m for m, v in vals.items() if v == best}
 
@@ -59,7 +59,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dic
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results table in Markdown: one row per method, one column per (task, metric)."""
     cols, rows = table_rows(doc)
-    header = ["method", "kind"] + [f"{c['label']} {'↑' if c.get('better', 'higher') == 'higher' else '↓'}" for c in cols]
+    header = ["method", "algorithm"] + [f"{c['label']} {'↑' if c.get('better', 'higher') == 'higher' else '↓'}" for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(cols)) + "|"]
     digits = [_digits([r[j]["value"] for r in rows if r[j]["value"] is not None]) for j in range(len(cols))]
     for m, row in zip(doc["methods"], rows):
@@ -91,7 +91,7 @@ def csv_table(doc: dict[str, Any]) -> str:
     cols, rows = table_rows(doc)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["method", "kind"]
+    head = ["method", "algorithm"]
     for c in cols:
         head += [c["label"], f"{c['label']} stderr", f"{c['label']} n"]
     head.append("best_in")
@@ -108,43 +108,62 @@ def csv_table(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _matrix(rows: list[str], cols: list[str], cell: dict[tuple[str, str], str], corner: str) -> list[str]:
+    out = ["| " + " | ".join([corner] + cols) + " |", "|" + "|".join(["---"] + ["---:"] * len(cols)) + "|"]
+    for r in rows:
+        if any((r, c) in cell for c in cols):
+            out.append("| " + " | ".join([r] + [cell.get((r, c), "—") for c in cols]) + " |")
+    return out
+
+
 def analysis_markdown(doc: dict[str, Any]) -> str:
-    """Markdown sections for the super-linearity check and the paired differences."""
+    """Markdown sections for the super-linearity check and the paired differences (one row per
+    method, one column per table column)."""
     an = doc.get("analysis") or {}
+    methods = list(doc.get("methods") or {})
     parts: list[str] = []
     sl = an.get("superlinearity") or []
     if sl:
-        parts.append("## Super-linearity check\n")
-        parts.append("Gain over the base model of each composite method vs the sum of the single-skill "
-                     "gains on the composition target (LoRA Soups §5); gains are oriented so that "
-                     "positive = better. excess = gain − sum, with its paired standard error over the same "
-                     "items. Super-linearity is only meaningful when the single-skill gains are positive "
-                     "(marked † otherwise).\n")
-        parts.append("| column | method | gain | sum of single-skill gains | single gains | excess | super-linear |")
-        parts.append("|---|---|---:|---:|---|---:|:---:|")
+        cols = list(dict.fromkeys(r["column"] for r in sl))
+        cell: dict[tuple[str, str], str] = {}
+        singles: dict[str, str] = {}
         for r in sl:
-            singles = ", ".join(f"{k} {v:+.3f}" for k, v in r["single_gains"].items())
-            ex = f"{r['excess']:+.3f}" + (f" ± {r['excess_stderr']:.3f}" if r.get("excess_stderr") is not None else "")
             verdict = "yes" if r["superlinear"] else "no"
             if r.get("excess_stderr"):
-                verdict += " (significant)" if abs(r["excess"]) >= 1.96 * r["excess_stderr"] else " (within noise)"
+                if abs(r["excess"]) >= 1.96 * r["excess_stderr"]:
+                    verdict += "*"
             if not r.get("singles_all_positive", True):
                 verdict += " †"
-            parts.append(f"| {r['column']} | {r['method']} | {r['gain']:+.3f} | {r['sum_single_gains']:+.3f} | "
-                         f"{singles} | {ex} | {verdict} |")
+            se = f" ± {r['excess_stderr']:.3f}" if r.get("excess_stderr") is not None else ""
+            cell[(r["method"], r["column"])] = f"{r['gain']:+.3f} vs {r['sum_single_gains']:+.3f} ({r['excess']:+.3f}{se}) {verdict}"
+            singles[r["column"]] = ", ".join(f"{k} {v:+.3f}" for k, v in r["single_gains"].items())
+        parts.append("## Super-linearity check\n")
+        parts.append("LoRA Soups §5: does a merge gain more over the base model than the single skills together? "
+                     "Each cell: gain of the method over the base model vs the sum of the single-skill gains "
+                     "(excess = difference, ± its paired standard error over the same items), then yes/no; "
+                     "\\* = excess beyond 1.96 standard errors; † = some single-skill gain is not positive, so "
+                     "the comparison says little. Gains are oriented so that positive = better.\n")
+        parts += _matrix(methods, cols, cell, "method")
         parts.append("")
+        parts.append("Single-skill gains: " + "; ".join(f"{c}: {v}" for c, v in singles.items()) + ".\n")
     pr = an.get("paired") or []
     if pr:
         parts.append("## Paired differences\n")
-        parts.append("Per-item differences on the same items (method − reference), mean ± standard error; "
-                     "* = |z| ≥ 1.96.\n")
-        parts.append("| column | method | vs | difference | n | direction |")
-        parts.append("|---|---|---|---:|---:|---|")
-        for r in pr:
-            ref = r["vs"] + (f" ({r['ref']})" if r["vs"] == "best_single" else "")
-            parts.append(f"| {r['column']} | {r['method']} | {ref} | {r['diff']:+.4f} ± {r['stderr']:.4f}"
-                         f"{' *' if r['significant'] else ''} | {r['n']} | {r['direction']} |")
-        parts.append("")
+        parts.append("Mean per-item difference on the same items (method − reference) ± standard error; "
+                     "\\* = |z| ≥ 1.96; ↑/↓ = better/worse than the reference in the column's direction.\n")
+        for vs, title in (("base", "vs the base model"), ("best_single", "vs the best single-skill LoRA of each column")):
+            rows = [r for r in pr if r["vs"] == vs]
+            if not rows:
+                continue
+            cols = list(dict.fromkeys(r["column"] for r in rows))
+            cell = {}
+            for r in rows:
+                arrow = {"better": "↑", "worse": "↓"}.get(r["direction"], "")
+                cell[(r["method"], r["column"])] = (f"{r['diff']:+.4f} ± {r['stderr']:.4f}{' *' if r['significant'] else ''} {arrow}").strip()
+            refs = {r["column"]: r["ref"] for r in rows}
+            parts.append(f"**{title}**" + (" (" + "; ".join(f"{c}: {v}" for c, v in refs.items()) + ")" if vs == "best_single" else "") + "\n")
+            parts += _matrix(methods, cols, cell, "method")
+            parts.append("")
     return "\n".join(parts)
 
 

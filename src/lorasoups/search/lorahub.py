@@ -348,6 +348,8 @@ def search_weights(objective: Callable[[np.ndarray], dict[str, float]], n: int, 
             _loop(opt, objective, budget, best, bar, on_eval)
         finally:
             bar.close()
+    if "weights" not in best:
+        raise DataError(f"LoRA Hub: every one of the {budget} candidates gave a non-finite loss")
     rec = np.asarray(opt.provide_recommendation().value, dtype=np.float64)
     best["recommendation"] = rec.tolist()
     best["evaluations"] = budget
@@ -361,11 +363,12 @@ def _loop(opt: Any, objective: Callable[[np.ndarray], dict[str, float]], budget:
         cand = opt.ask()
         w = np.asarray(cand.value, dtype=np.float64)
         res = objective(w)
-        opt.tell(cand, float(res["loss"]))
+        loss = float(res["loss"])
+        opt.tell(cand, loss if math.isfinite(loss) else 1e10)  # a diverged candidate is just bad
         if on_eval is not None:
             on_eval(step, w, res)
-        if res["loss"] < best["loss"]:
-            best.update({"loss": float(res["loss"]), "weights": w.tolist(), "best_step": step})
+        if loss < best["loss"]:
+            best.update({"loss": loss, "weights": w.tolist(), "best_step": step})
         bar.update(1)
         bar.set_postfix(loss=f"{res['loss']:.4f}", best=f"{best['loss']:.4f}")
 
@@ -469,11 +472,14 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
     def on_eval(step: int, w: np.ndarray, res: dict[str, float]) -> None:
         trace.append({"step": step, "weights": [float(x) for x in w], **{k: float(v) for k, v in res.items()}})
 
-    base_ce = objective(np.zeros(n))["ce"]
     best = search_weights(objective, n, budget=budget, bounds=bounds, seed=seed, optimizer=optimizer, init=init,
                           progress=progress, on_eval=on_eval)
     weights = best["weights"]
-    final = objective(np.asarray(weights))
+    final = trace[best["best_step"]]
+    # the base model's loss (w = 0) for reference: from the trace when the search evaluated it
+    base_ce = next((t["ce"] for t in trace if not any(t["weights"])), None)
+    if base_ce is None:
+        base_ce = objective(np.zeros(n))["ce"]
     merge = delta_space_merge if space == "delta" else factor_space_merge
     merged = {m: merge([r.modules.get(m) for r in records], weights) for m in module_union(records)}
     info = {

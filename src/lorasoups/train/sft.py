@@ -329,6 +329,18 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
                 "precision_resolved": precision}
     resolved_cmp = _comparable(resolved)
 
+    from peft import LoraConfig, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    torch.manual_seed(opts.seed)
+    lcfg = LoraConfig(r=opts.r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                      target_modules=list(opts.target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise ConfigError(f"train: target modules {opts.target_modules} do not match the base model {base}: {e}") from None
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=opts.max_steps if opts.max_steps else -1,
@@ -391,17 +403,6 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         if is_main:
             _truncate_log(work / "train_log.jsonl", resumed_step)
 
-    from peft import LoraConfig, get_peft_model
-
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    torch.manual_seed(opts.seed)
-    lcfg = LoraConfig(r=opts.r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                      target_modules=list(opts.target_modules), bias="none", task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, lcfg)
-    except ValueError as e:
-        raise ConfigError(f"train: target modules {opts.target_modules} do not match the base model {base}: {e}") from None
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     from .data import collate
 
@@ -412,7 +413,15 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
                       data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=cbs)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    result = trainer.train(resume_from_checkpoint=ckpt)
+    try:
+        result = trainer.train(resume_from_checkpoint=ckpt)
+    except BaseException:
+        if is_main and work.is_dir():
+            if any(work.glob("checkpoint-*")):
+                print(f"train: stopped; checkpoints kept in {work}: rerun with --resume to continue")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
     val_loss = None
     if val_set:
         val_loss = float(trainer.evaluate()["eval_loss"])

@@ -53,6 +53,8 @@ class MathCodeTask(Task):
     max_new_tokens = 320
     stop_regex = r"```[^\n]*\n[\s\S]*?\n[ \t]*```"
     timeout_s = 5.0
+    score_metrics = ("exec_acc", "exec_acc_rel", "exec_acc_printed", "extract_failed", "raised", "timed_out",
+                     "no_return")
 
     def __init__(self, name: str, dataset: str, description: str, version: str = "1"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version

@@ -29,6 +29,7 @@ class MathWordsTask(Task):
     default_shots = 0
     max_shots = 8
     max_new_tokens = 320
+    score_metrics = ("acc_strict", "acc_flexible", "no_number")
 
     def __init__(self, name: str, dataset: str, description: str, version: str = "1"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version

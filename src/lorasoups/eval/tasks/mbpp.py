@@ -46,6 +46,7 @@ class MBPPTask(Task):
     max_new_tokens = 384
     stop_regex = r"```[^\n]*\n[\s\S]*?\n[ \t]*```"
     timeout_s = 10.0
+    score_metrics = ("pass_at_1", "extract_failed", "failed_assert", "raised", "timed_out")
 
     def _records(self, data_dir: str | Path | None) -> dict[int, dict[str, Any]]:
         recs = load_records("mbpp", data_dir, self.name)

@@ -34,6 +34,8 @@ class PromptFormatsTask(Task):
     default_shots = 0
     max_shots = 0
     max_new_tokens = 16
+    score_metrics = ("acc", *(f"acc_format{f}" for f in FORMATS), "spread", "no_count", "pred_majority_rate",
+                     "gold_majority_rate", *(f"acc_class{k}" for k in range(7)))
 
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
         items = []

@@ -31,6 +31,7 @@ class QATask(Task):
     default_shots = 0
     max_shots = 0
     max_new_tokens = 128
+    score_metrics = ("f1", "rouge_l", "exact_match")
 
     def __init__(self, name: str, dataset: str, kind: str, description: str, version: str = "1"):
         self.name, self.dataset, self.kind, self.description, self.version = name, dataset, kind, description, version
