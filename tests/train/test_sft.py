@@ -43,7 +43,7 @@ def leftovers(parent: Path, out: Path) -> list[str]:
 
 def test_30_steps_lower_loss_and_folder_loads_in_peft(tmp_path, tiny_dir, skill_file):
     out = tmp_path / "skill"
-    train_lora(str(tiny_dir), [str(skill_file)], out, max_steps=30, save_steps=100, **FAST)
+    train_lora(str(tiny_dir), [str(skill_file)], out, max_steps=30, save_steps=100, val_fraction=0.25, **FAST)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == list(range(1, 31))
     assert all(x["tokens_per_s"] > 0 and "lr" in x for x in log)
@@ -53,6 +53,7 @@ def test_30_steps_lower_loss_and_folder_loads_in_peft(tmp_path, tiny_dir, skill_
     assert info["steps"] == 30 and info["data"][0]["sha256"] == sha256_file(skill_file)
     assert info["options"]["r"] == 8 and info["precision"]["resolved"] in ("bf16", "fp32")
     assert info["package_versions"]["peft"] != "absent" and info["wall_time_s"] > 0
+    assert (info["n_train_examples"], info["n_val_examples"]) == (24, 8) and 0 < info["val_loss"] < 20
     assert leftovers(tmp_path, out) == []  # work dir removed after success
     # vanilla PEFT loads it, and its logits are base + the saved ΔW (non-zero after training)
     ids = torch.tensor([[1, 40, 50, 60, 70, 80]])

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (per format for prompt_formats)")
     p.add_argument("--shots", type=int, default=None, help="few-shot demos (default: the task's)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="run model-written programs (math-with-code, mbpp) in the sandbox")

@@ -1,8 +1,9 @@
 """Sandbox worker: runs inside the isolated process and executes one program at a time.
 
-This file is NOT imported by lorasoups. :mod:`lorasoups.eval.sandbox` reads its text and starts it
-with ``<python> -I -c <this source> <json config>`` inside fresh network / PID / mount namespaces
-(when available), with an empty environment. It must therefore use the standard library only and
+This file is NOT imported by lorasoups. :mod:`lorasoups.eval.sandbox` starts
+``<python> -I -c <bootstrap> <json config>`` inside fresh network / PID / mount namespaces (when
+available), with an empty environment, and sends this file's text as the first line of the
+worker's stdin; the bootstrap executes it. It must therefore use the standard library only and
 run on any Python >= 3.8 (it runs under the system interpreter, not the project's venv).
 
 Protocol (one JSON object per line): the parent writes requests on the worker's stdin and reads

@@ -294,6 +294,13 @@ class HFGenerator:
         if bf16 is None:
             bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
         self.bf16 = bool(bf16) and p.dtype == torch.float32
+        if self.bf16:
+            # autocast caches bf16 copies only of weights with requires_grad (PEFT freezes the base
+            # model's); without the cache every weight is re-cast at every decoding step. No
+            # gradients are ever computed here (all calls run under torch.no_grad).
+            for q in model.parameters():
+                if q.is_floating_point() and not q.requires_grad:
+                    q.requires_grad_(True)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -322,6 +329,27 @@ class HFGenerator:
             if tid is not None:
                 ids.add(int(tid))
         return ids
+
+    def _plain_head(self) -> Any:
+        """The output projection when it is a plain ``nn.Linear`` (else None)."""
+        import torch
+
+        get = getattr(self.model, "get_output_embeddings", None)
+        head = get() if get is not None else None
+        return head if type(head) is torch.nn.Linear else None
+
+    @contextlib.contextmanager
+    def _hidden_states_out(self, head: Any):
+        """While active, the model returns final hidden states in place of logits (the output
+        projection is applied afterwards, in fp32, only at the positions that are scored)."""
+        if head is None:
+            yield
+            return
+        head.forward = lambda x: x  # instance attribute shadows nn.Linear.forward
+        try:
+            yield
+        finally:
+            del head.forward
 
     @contextlib.contextmanager
     def _session(self):
@@ -474,7 +502,8 @@ class HFGenerator:
         """Teacher-forced negative log-likelihood of each response after its prompt.
 
         Token ids are :func:`lorasoups.prompts.encode_pair` ids (response + end-of-turn token;
-        prompt tokens masked). Returns per pair ``{"nll": mean over response tokens (nats/token),
+        prompt tokens masked). The output projection and the log-softmax run in fp32 at the
+        scored positions only (even under bf16 autocast). Returns per pair ``{"nll": mean over response tokens (nats/token),
         "sum": total nats, "n_tokens": int}``.
         """
         import torch
@@ -485,7 +514,12 @@ class HFGenerator:
             return []
         n_prompt = [sum(1 for x in e["labels"] if x == IGNORE_INDEX) for e in encs]
         out: list[dict[str, float] | None] = [None] * len(encs)
-        with self._session():
+        head = self._plain_head()
+        w32 = b32 = None
+        if head is not None:
+            w32 = head.weight.detach().float()  # (V, H)
+            b32 = None if head.bias is None else head.bias.detach().float()
+        with self._session(), self._hidden_states_out(head):
             # shared prefix within the prompts, keeping >= 1 prompt token per row after it
             P = self._prefix_len([e["input_ids"][:n] for e, n in zip(encs, n_prompt)])
             kv = self._prefix_kv(encs[0]["input_ids"][:P]) if P > 0 else None
@@ -502,7 +536,11 @@ class HFGenerator:
                         continue
                     rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
                     tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
-                    lp = torch.log_softmax(logits[b, rows].float(), -1).gather(1, tgt[:, None])[:, 0]
+                    sel = logits[b, rows]  # (n, V) logits, or (n, H) hidden states
+                    if w32 is not None:
+                        with torch.autocast(device_type=self.device.type, enabled=False):
+                            sel = torch.nn.functional.linear(sel.float(), w32, b32)  # (n, V), fp32
+                    lp = torch.log_softmax(sel.float(), -1).gather(1, tgt[:, None])[:, 0]
                     tot = float(-lp.sum())
                     out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
                 del logits

@@ -37,7 +37,7 @@ from .samples import _finite, read_samples, write_samples
 OPTION_DEFAULTS: dict[str, Any] = {
     "limit": None,               # items per task (per format for prompt_formats)
     "shots": None,               # few-shot demos (default: the task's; clamped to what it has)
-    "batch_size": 8,
+    "batch_size": 16,
     "max_new_tokens": None,      # default: the task's
     "allow_code_execution": False,
     "generate": True,            # False: likelihood metrics only (no generation, no execution)
@@ -218,8 +218,8 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
     # data first: a missing file fails before any model is loaded
     data: dict[str, tuple[list[Item], list[Any], int]] = {}
     for t in task_objs:
-        k = _task_shots(t, opts["shots"])
-        data[t.name] = (t.load_items(opts["data_dir"], opts["limit"]), t.load_demos(opts["data_dir"], k), k)
+        demos = t.load_demos(opts["data_dir"], _task_shots(t, opts["shots"]))
+        data[t.name] = (t.load_items(opts["data_dir"], opts["limit"]), demos, len(demos))  # shots actually used
         if not data[t.name][0]:
             raise DataError(f"task {t.name!r}: no items to evaluate")
     previous: dict[str, dict[str, dict[str, Any]]] = {}
@@ -277,7 +277,11 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
                     raise DataError(f"rescore: {rescore_dir}/samples/{t.name}.jsonl lacks item(s) "
                                     f"{', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}")
                 completions = [prev[it.id]["completion"] for it in items]
-                notes.append(f"re-scored completions from {rescore_dir}")
+                notes.append(f"re-scored completions from {rescore_dir}; likelihoods not recomputed")
+                changed = sum(1 for it, p in zip(items, prompts) if prev[it.id].get("prompt") not in (None, p))
+                if changed:
+                    notes.append(f"{changed} item(s) had a different prompt in {rescore_dir} "
+                                 "(other shots or task version)")
             else:
                 completions = [None] * len(items)
                 notes.append("likelihood only (generate=False): no completions, no accuracy metrics")

@@ -10,7 +10,8 @@ Isolation, strongest available first (``Sandbox.info["isolation"]`` says which o
   (``nobody``) *before* any program runs, so the process-count limit binds (it does not bind root).
 * ``userns`` (not root, unprivileged user namespaces allowed): the same namespaces inside a user
   namespace; programs run under the caller's own uid, where rlimits bind.
-* ``process`` (no ``unshare``): a plain child process; sockets are still refused in-process.
+* ``process`` (no ``unshare``): a plain child process; sockets are still refused in-process (as
+  root: ``process+uid``, the worker still drops to uid 65534).
 
 Every program runs in a fresh process forked from a worker: a new session (process group), a fresh
 temporary working directory (removed afterwards), stdin from ``/dev/null``, an empty environment,
@@ -339,9 +340,12 @@ class Sandbox:
         self.limits = limits or Limits()
         self.n_workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
         self.mode, prefix = choose_isolation(isolation)
-        drop = self.mode == "namespaces+uid"
+        # as root, programs always run as the unprivileged user (the process-count limit does not bind root)
+        drop = os.geteuid() == 0 and self.mode in ("namespaces+uid", "process")
+        if drop and self.mode == "process":
+            self.mode = "process+uid"
         self.interpreter = find_interpreter(drop, interpreter)
-        cfg: dict[str, Any] = {"tmpfs_mb": tmpfs_mb if self.mode != "process" else 0}
+        cfg: dict[str, Any] = {"tmpfs_mb": tmpfs_mb if not self.mode.startswith("process") else 0}
         if drop:
             cfg.update(uid=NOBODY, gid=NOBODY)
         self.block_sockets = block_sockets

@@ -100,6 +100,8 @@ def build_plan(cfg: ExperimentConfig, run_dir: str | Path) -> list[Step]:
         deps = () if m.kind == "trained" else tuple(f"train/{s}" for s in m.skills)
         what = {"data_mix": "train DATA-MIX LoRA", "merge": "merge", "cat": "train CAT coefficients",
                 "lorahub": "LoRA Hub search", "moe": "train MoE routers"}.get(st, st)
+        if st == "cat" and m.params.get("no_train"):
+            what = "export untrained CAT control"
         src = "+".join(m.skills)
         title = f"{what} '{m.label}'" + (f" ({m.method} of {src})" if st != "data_mix" else f" on {src} data")
         steps.append(Step(id=f"build/{m.label}", stage=st, label=m.label, title=title, deps=deps,

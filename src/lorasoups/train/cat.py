@@ -311,7 +311,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     import torch
 
     from ..io.adapters import save_adapter_files
-    from ..models import load_base
+    from ..models import load_base, resolve_base
     from ..paths import atomic_dir, check_not_input
     from ..provenance import git_commit, package_versions, sha256_dir
     from .fused import attach_cat, parse_init
@@ -437,7 +437,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     }
     check_not_input(out, paths_in)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_adapter_files(tmp, factors, base_model=base)
+        save_adapter_files(tmp, factors, base_model=resolve_base(base))
         (tmp / "cat_coefficients.json").write_text(json.dumps(coef_doc, indent=2) + "\n", encoding="utf-8")
         (tmp / "cat_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log), encoding="utf-8")
         title = f"CAT ({granularity}, {normalize}, init {init}{', no-train' if no_train else f', {n_steps} steps, lr {lr:g}'})"
