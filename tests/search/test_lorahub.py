@@ -10,7 +10,6 @@ import torch
 
 from lorasoups.errors import ConfigError
 from lorasoups.io.adapters import read_adapter, write_adapter
-from lorasoups.merge.concat import concat_factors
 from lorasoups.search.lorahub import (TRACE_FILE, WEIGHTS_FILE, factor_space_merge, lm_loss_sum, mean_ce,
                                       run_lorahub, set_weights, wrap_for_search)
 from lorasoups.testing import base_plus_delta_logits, peft_logits
@@ -118,8 +117,8 @@ def test_selective_head_loss_matches_full_logits(tiny_dir, setup):
 
     model, _ = load_base(str(tiny_dir))
     b = collate(setup["examples"][:3], PAD)
-    s, n = lm_loss_sum(model, b)
     with torch.no_grad():
+        s, n = lm_loss_sum(model, b)
         ref = model(**b).loss  # HF mean over label tokens
     assert n == sum(sum(1 for t in e["labels"][1:] if t != -100) for e in setup["examples"][:3])
     assert abs(float(s) / n - float(ref)) < 1e-5

@@ -162,11 +162,11 @@ class MoeLoraLinear(nn.Module):
         return self.base.weight
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """Expert weights (..., n) fp32 for inputs x (..., d_in); fixed ``mix`` when unrouted."""
-        x32 = x.float()
+        """Expert weights (..., n) for inputs x (..., d_in), in the router's dtype (fp32 unless the
+        model was cast); the fixed ``mix`` when unrouted."""
         if self.router is None:
             return self.mix.expand(*x.shape[:-1], self.n)
-        logits = self.router(x32)                                   # (..., n)
+        logits = self.router(x.to(self.router.weight.dtype))        # (..., n)
         g, idx = topk_softmax(logits, self.top_k, renormalize=gate_mode(self.top_k) == "renormalized")
         if self.collect_aux:
             mask = self.token_mask
@@ -177,10 +177,9 @@ class MoeLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        x32 = x.float()
-        h = F.linear(x32, self.lora_A)                              # (..., R)
+        h = F.linear(x.to(self.lora_A.dtype), self.lora_A)          # (..., R), fp32 unless the model was cast
         if self.router is None:
             v = self.mix[self.owner] * self.rank_scale              # (R,)
         else:
-            v = self.gates(x32)[..., self.owner] * self.rank_scale  # (..., R)
-        return y + F.linear(h * v, self.lora_B).to(y.dtype)        # (..., d_out)
+            v = self.gates(x)[..., self.owner] * self.rank_scale    # (..., R)
+        return y + F.linear(h * v.to(h.dtype), self.lora_B).to(y.dtype)  # (..., d_out)

@@ -12,7 +12,6 @@ mergoo, every router here reads its own module's input, so MLP ``down_proj`` exp
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time

@@ -423,8 +423,12 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
                 shutil.rmtree(work, ignore_errors=True)
         raise
     val_loss = None
-    if val_set:
-        val_loss = float(trainer.evaluate()["eval_loss"])
+    if val_set:  # the Trainer may already have evaluated at the last step
+        last = log_cb.last
+        if "val_loss" in last and last["step"] == trainer.state.global_step:
+            val_loss = float(last["val_loss"])
+        else:
+            val_loss = float(trainer.evaluate()["eval_loss"])
 
     if trainer.is_world_process_zero():
         peft_model = trainer.model
