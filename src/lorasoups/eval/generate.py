@@ -19,7 +19,9 @@
     prefix is never modified);
 * finished rows (end-of-turn token, a stop string, a stop pattern, the token budget) leave the
   batch (``Cache.batch_select_indices``), so long completions do not carry short ones;
-* bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled. One autocast
+* bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled; the output
+  projection runs in fp32 on the positions actually used (the next token; the scored answer
+  tokens), so bf16 rounding of logits neither flips greedy choices nor blurs likelihoods. One autocast
   region (under ``torch.no_grad``) spans a whole call, so autocast's cache of bf16 weight copies
   is filled once instead of re-casting every weight at every decoding step.
 
@@ -310,6 +312,7 @@ class HFGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.eos_ids = self._eos_ids()
         self._prefix_memo: tuple[tuple[int, ...], Any] | None = None
+        self._head32: tuple[Any, Any] | None = None
         self.stats = {"generated_tokens": 0, "generate_s": 0.0, "prompt_tokens": 0, "prefix_tokens_reused": 0,
                       "nll_s": 0.0}
 
@@ -444,7 +447,10 @@ class HFGenerator:
         if not enc:
             return []
         out: list[str | None] = [None] * len(enc)
-        with self._session():
+        head = self._plain_head()
+        self._head32 = None if head is None else (head.weight.detach().float(),
+                                                  None if head.bias is None else head.bias.detach().float())
+        with self._session(), self._hidden_states_out(head):
             P = self._prefix_len(enc)
             kv = self._prefix_kv(enc[0][:P]) if P > 0 else None
             order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
@@ -453,10 +459,22 @@ class HFGenerator:
                 texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop, stop_regex)
                 for i, t in zip(idx, texts):
                     out[i] = t
+        self._head32 = None
         self.stats["prompt_tokens"] += sum(len(e) for e in enc)
         self.stats["prefix_tokens_reused"] += P * (len(enc) - 1) if P else 0
         self.stats["generate_s"] += time.perf_counter() - t0
         return [o or "" for o in out]
+
+    def _next_tokens(self, out_last: Any) -> Any:
+        """Greedy next tokens ``(B,)`` from the last position's logits, or from its hidden states
+        through the output projection in fp32 (then bf16 rounding of logits cannot flip the argmax)."""
+        import torch
+
+        if self._head32 is None:
+            return out_last.float().argmax(-1)
+        w, b = self._head32
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return torch.nn.functional.linear(out_last.float(), w, b).argmax(-1)  # (B, V) -> (B,)
 
     def _generate_batch(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, max_new: int,
                         stop: Sequence[str], stop_regex: str | None) -> list[str]:
@@ -464,7 +482,7 @@ class HFGenerator:
 
         B = len(suffixes)
         logits, cache, mask, pos, _, shared = self._start(suffixes, P, kv, last_only=True)
-        nxt = logits[:, -1].float().argmax(-1)  # (B,)
+        nxt = self._next_tokens(logits[:, -1])  # (B,)
         last_pos = pos[:, -1]
         rows = list(range(B))  # original row of each live batch slot
         gen: list[list[int]] = [[] for _ in range(B)]
@@ -494,7 +512,7 @@ class HFGenerator:
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
             last_pos = last_pos + 1
             logits, cache = self._forward(nxt[:, None], mask, last_pos[:, None], cache, last_only=True, shared_kv=shared)
-            nxt = logits[:, -1].float().argmax(-1)
+            nxt = self._next_tokens(logits[:, -1])
         return texts
 
     # ---- likelihood --------------------------------------------------------------------------

@@ -258,7 +258,9 @@ class Runner:
             else:
                 groups.append((opts, {t.label: t.task}))
         t0 = time.time()
-        for opts, labels in groups:
+        for gi, (opts, labels) in enumerate(groups, 1):
+            if len(groups) > 1:
+                self.log(f"  evaluate call {gi}/{len(groups)}: {', '.join(labels)}")
             tmp = Path(tempfile.mkdtemp(prefix=".eval-tmp-", dir=step.out))
             try:
                 res = self.executors["evaluate"](ctx, adapter, list(labels.values()), tmp / "out", opts)
