@@ -12,12 +12,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+# Options that steer where and how a procedure runs, not what it computes: not listed.
+_PLUMBING = {"data_dir", "overwrite", "allow_pickle", "device", "progress", "verbose", "log_every",
+             "logging_steps", "save_steps", "save_total_limit"}
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    """Plain-text table; a cell may hold several lines (a wrapped column)."""
+    split = [[str(c).split("\n") for c in r] for r in rows]
+    widths = [max([len(h)] + [max(len(x) for x in r[i]) for r in split]) for i, h in enumerate(header)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for r in split:
+        for k in range(max(len(c) for c in r)):
+            lines.append("  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(r, widths)).rstrip())
     return "\n".join(lines)
 
 
@@ -45,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
         from ..methods import load_methods
 
+        import textwrap
+
         rows = []
         for n, m in load_methods().items():
-            ps = ", ".join(f"{k}={'(required)' if v is _inspect.Parameter.empty else v}" for k, v in m.params.items())
-            rows.append([n, m.kind, m.space, ps or "-", m.reference])
+            ps = ", ".join(f"{k}={'(required)' if v is _inspect.Parameter.empty else v}"
+                           for k, v in m.params.items() if k not in _PLUMBING)
+            rows.append([n, m.kind, m.space, "\n".join(textwrap.wrap(ps, 60)) or "-",
+                         "\n".join(textwrap.wrap(m.reference, 48))])
         print(_table(rows, ["name", "kind", "space", "parameters", "reference"]))
     elif args.what == "tasks":
         from ..eval.registry import load_tasks
