@@ -202,5 +202,7 @@ def test_methods_listed_with_kinds(capsys):
     from lorasoups.cli.main import main
 
     assert main(["ls", "methods"]) == 0
-    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    # Continuation lines of wrapped cells start with spaces; rows start with the method name.
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]
+            if line.strip() and not line.startswith(" ")}
     assert rows["lorahub"] == "search" and rows["moe"] == "routed"
