@@ -290,7 +290,7 @@ class ColumnConfig:
     label: str
     task: str
     metric: str
-    better: str  # "higher" | "lower"
+    better: str  # "higher" | "lower" | "none" (a control column: no best marked)
     target: bool = False
 
 
@@ -887,8 +887,8 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         if tm and m not in tm:
             p.add(f"{path}.metric", f"task {task_labels[t].task} has no metric {m!r}{suggest(m, list(tm))}; metrics: {', '.join(sorted(tm))}")
         better = c.get("better", default_better(m))
-        if better not in ("higher", "lower"):
-            p.add(f"{path}.better", f"must be 'higher' or 'lower', got {_fmt(better)}")
+        if better not in ("higher", "lower", "none"):
+            p.add(f"{path}.better", f"must be 'higher', 'lower' or 'none' (a control: nothing marked), got {_fmt(better)}")
         tgt = c.get("target", task_labels[t].role == "target")
         cols.append(ColumnConfig(str(c.get("label") or f"{t} {m}"), str(t), m, str(better), bool(tgt)))
 

@@ -29,6 +29,23 @@ def default_out(name: str, preset: str | None) -> Path:
     return Path("runs") / (f"{safe}_{preset}" if preset else safe)
 
 
+def superlinearity_summary(doc: dict) -> str:
+    """One line per target column: which merges gain more over the base than the single skills
+    together (LoRA Soups' super-linearity), and whether that excess is beyond noise."""
+    sl = (doc.get("analysis") or {}).get("superlinearity") or []
+    lines = ["super-linearity (gain of a merge over the base > sum of the single-skill gains; details in results.md):"]
+    for col in dict.fromkeys(r["column"] for r in sl):
+        rows = [r for r in sl if r["column"] == col]
+        yes = [r for r in rows if r["superlinear"]]
+        sig = [r["method"] for r in yes if r.get("excess_stderr") and r["excess"] >= 1.96 * r["excess_stderr"]]
+        singles_ok = all(r.get("singles_all_positive", True) for r in rows)
+        desc = ", ".join(r["method"] for r in yes) or "none"
+        extra = f"; beyond 1.96 s.e.: {', '.join(sig) or 'none'}" if yes else ""
+        caveat = "" if singles_ok else " (a single-skill gain is not positive: little to compare)"
+        lines.append(f"  {col}: {desc}{extra}{caveat}")
+    return "\n".join(lines) if sl else ""
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
 
@@ -52,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
     doc = runner.run()
     print()
     print(markdown_table(doc))
-    sl = (doc.get("analysis") or {}).get("superlinearity") or []
-    for r in sl:
-        print(f"super-linearity {r['column']} / {r['method']}: gain {r['gain']:+.4f} vs sum of single-skill gains "
-              f"{r['sum_single_gains']:+.4f} -> {'super-linear' if r['superlinear'] else 'not super-linear'}")
+    print(superlinearity_summary(doc))
     print(f"\nresults: {out / 'results.md'}  {out / 'results.csv'}  {out / 'results.png'}  {out / 'results.json'}")
     print(f"steps run this time: {len(runner.executed)} of {len(runner.steps)} (log: {out / 'steps.jsonl'})")
     return 0

@@ -322,6 +322,9 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
                 if any(it.gold_text for it in items):
                     _log(opts, f"{t.name}: likelihood of gold and control answers")
                     lk = likelihood_scores(generator, prompts, items)
+                    no_ctrl = sum(1 for it, d in zip(items, lk) if it.gold_text and d["nll_control"] is None)
+                    if no_ctrl:
+                        notes.append(f"{no_ctrl} item(s) without a control: no other item has a different gold answer")
                     for rec, d in zip(records, lk):
                         rec["nll"] = d
                         for key in ("nll_gold", "nll_control", "nll_gap", "gold_preferred"):

@@ -78,6 +78,33 @@ class FileHasher:
         self._dirty = True
         return h
 
+    def tensors(self, path: str | Path) -> str:
+        """Hex SHA-256 of a ``.safetensors`` file's *tensors* (sorted names, dtypes, shapes and
+        bytes), ignoring header metadata and storage order, so two writers of the same weights agree."""
+        p = Path(path).resolve()
+        st = p.stat()
+        k = "tensors:" + str(p)
+        m = self._memo.get(k)
+        if m and m[0] == st.st_size and m[1] == st.st_mtime_ns:
+            return m[2]
+        from safetensors import safe_open
+
+        import torch
+
+        h = hashlib.sha256()
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                for name in sorted(f.keys()):
+                    t = f.get_tensor(name).contiguous()
+                    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                    h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            out = h.hexdigest()
+        except Exception:  # not a readable safetensors file: fall back to its bytes
+            out = "file:" + self.file(p)
+        self._memo[k] = [st.st_size, st.st_mtime_ns, out]
+        self._dirty = True
+        return out
+
     def folder(self, path: str | Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
         """Relative path -> SHA-256 of every regular file under ``path`` (names in ``exclude`` and
         hidden files skipped)."""
@@ -91,11 +118,11 @@ class FileHasher:
         return out
 
     def folder_digest(self, path: str | Path) -> str:
-        """One hex digest of what a step output *computes with*: its ``*.safetensors`` files and
-        ``adapter_config.json`` (logs, info files with timings and plots are left out, so an output
+        """One hex digest of what a step output *computes with*: the tensors of its ``*.safetensors``
+        files and its ``adapter_config.json`` (logs, info files with timings and plots are left out, so an output
         re-made with identical weights has the same digest). Folders without weights: all files."""
         files = self.folder(path)
-        core = {k: v for k, v in files.items() if k.endswith(".safetensors")}
+        core = {k: self.tensors(Path(path) / k) for k in files if k.endswith(".safetensors")}
         for k in files:
             if Path(k).name == "adapter_config.json":
                 core[k] = canonical_adapter_config(Path(path) / k)

@@ -263,7 +263,9 @@ class Runner:
                 self.log(f"  evaluate call {gi}/{len(groups)}: {', '.join(labels)}")
             tmp = Path(tempfile.mkdtemp(prefix=".eval-tmp-", dir=step.out))
             try:
+                t_call = time.time()
                 res = self.executors["evaluate"](ctx, adapter, list(labels.values()), tmp / "out", opts)
+                share = round((time.time() - t_call) / len(labels), 2)
                 if not isinstance(res, dict):
                     res = json.loads((tmp / "out" / "results.json").read_text(encoding="utf-8"))
                 for lb in labels:
@@ -271,7 +273,7 @@ class Runner:
                 split_eval_output(tmp / "out", res, labels, {lb: step.out / lb for lb in labels})
                 for lb in labels:
                     write_marker(self.marker(step.id, lb), {"key": todo[lb], "id": step.id, "task": lb,
-                                                           "finished": _now()})
+                                                           "finished": _now(), "wall_s": share})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.executed.append(step.id)
@@ -330,6 +332,12 @@ class Runner:
         # wall time each output took when it was produced (cached steps included)
         produced: dict[str, float] = {s: 0.0 for s in STAGES}
         for st in self.steps:
+            if st.stage == "eval":
+                for t in cfg.tasks:
+                    mk = read_marker(self.marker(st.id, t.label))
+                    if mk and "wall_s" in mk and not mk.get("copied_from"):
+                        produced["eval"] = round(produced["eval"] + float(mk["wall_s"]), 2)
+                continue
             mk = read_marker(self.marker(st.id))
             if mk and "wall_s" in mk:
                 produced[st.stage] = round(produced[st.stage] + float(mk["wall_s"]), 2)

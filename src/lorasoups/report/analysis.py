@@ -162,6 +162,8 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
                     row["excess_stderr"], row["excess_n"] = sd / math.sqrt(len(ex)), len(ex)
                 out["superlinearity"].append(row)
         # paired differences vs base and vs the best single skill
+        if better == "none":
+            continue
         for ref_name, ref in (("base", base_label), ("best_single", best_single)):
             if ref is None:
                 continue

@@ -20,6 +20,10 @@ def columns_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(doc.get("columns") or default_columns(doc))
 
 
+def _arrow(col: dict[str, Any]) -> str:
+    return {"higher": "↑", "lower": "↓"}.get(col.get("better", "higher"), "")
+
+
 def _num(x: Any, digits: int) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
@@ -36,7 +40,7 @@ def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
     """Method labels holding the best value of ``col`` (ties all marked); empty if < 2 values."""
     vals = {m: metric_value(doc["results"], m, col["task"], col["metric"]) for m in doc["methods"]}
     vals = {m: v["value"] for m, v in vals.items() if v and v.get("value") is not None and math.isfinite(v["value"])}
-    if len(vals) < 2 or len(set(vals.values())) == 1:
+    if col.get("better") == "none" or len(vals) < 2 or len(set(vals.values())) == 1:
         return set()  # nothing to single out
     best = max(vals.values()) if col.get("better", "higher") == "higher" else min(vals.values())
     return {m for m, v in vals.items() if v == best}
@@ -59,7 +63,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dic
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results table in Markdown: one row per method, one column per (task, metric)."""
     cols, rows = table_rows(doc)
-    header = ["method", "algorithm"] + [f"{c['label']} {'↑' if c.get('better', 'higher') == 'higher' else '↓'}" for c in cols]
+    header = ["method", "algorithm"] + [f"{c['label']} {_arrow(c)}".rstrip() for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(cols)) + "|"]
     digits = [_digits([r[j]["value"] for r in rows if r[j]["value"] is not None]) for j in range(len(cols))]
     for m, row in zip(doc["methods"], rows):
@@ -75,7 +79,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
             cells.append(f"**{s}**" if cell["best"] else s)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     ns = sorted({str(r[j]["n"]) for r in rows for j in range(len(cols)) if r[j]["n"] is not None})
-    foot = "Mean ± standard error; bold = best in column (↑ higher is better, ↓ lower is better)."
+    foot = ("Mean ± standard error; bold = best in column (↑ higher is better, ↓ lower is better; no arrow: "
+            "a control, nothing marked).")
     if ns:
         by_col = []
         for j, c in enumerate(cols):
