@@ -149,3 +149,10 @@ def test_shipped_configs_validate(path, capsys):
 
 def test_four_configs_shipped():
     assert {p.stem for p in CONFIGS} >= {"math_code", "qabot_dnd", "bio_qa", "prompt_formats"}
+
+
+def test_skill_shorthand(tmp_path):
+    p = _write(tmp_path, GOOD.replace("  math: {method: skill, skill: math}", "  skill:math: {}"))
+    cfg = load_config(p)
+    m = cfg.method("skill:math")
+    assert m.method == "skill" and m.skills == ("math",)

@@ -12,7 +12,7 @@ section "Experiments")::
       code: {data: ["codealpaca:max_samples=300"], train: {cutoff_len: 384}}
     methods:                       # label -> {method, params, skills, skill, data, ...}
       base: {}                     # `method` defaults to the label
-      math: {method: skill, skill: math}
+      math: {method: skill, skill: math}   # or `skill:math: {}`
       ties: {params: {density: 0.5}}
       cat_static: {method: cat, params: {no_train: true, init: uniform}}
     eval:
@@ -767,6 +767,9 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         if body.get("enabled", True) is False:
             continue
         mname = body.get("method", label)
+        if "method" not in body and str(label).startswith("skill:"):
+            mname = "skill"  # shorthand: `skill:<name>: {}` is the skill LoRA <name> alone
+            body.setdefault("skill", str(label)[len("skill:"):])
         params = _as_mapping(p, f"{path}.params", body.get("params"))
         if not isinstance(mname, str) or mname not in known_methods:
             p.add(f"{path}.method", f"unknown method {mname!r}{suggest(str(mname), known_methods)}; "

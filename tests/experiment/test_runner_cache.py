@@ -204,3 +204,45 @@ def test_report_rebuild(tmp_path, tiny_dir):
     assert "t_target nll" in row.split(",")[-1]
     assert (run / "results.png").stat().st_size > 1000
     assert rebuild_report(run)["md"].is_file()
+
+
+def test_best_marking_rules():
+    from lorasoups.report.tables import best_rows, markdown_table
+
+    def doc(vals, better):
+        return {"methods": {m: {"method": m} for m in vals},
+                "results": {m: {"t": {"metrics": {"x": {"value": v, "stderr": 0.1, "n": 10}}}} for m, v in vals.items()},
+                "columns": [{"label": "x", "task": "t", "metric": "x", "better": better}]}
+
+    assert best_rows(doc({"a": 1.0, "b": 2.0}, "higher"), {"task": "t", "metric": "x", "better": "higher"}) == {"b"}
+    assert best_rows(doc({"a": 1.0, "b": 2.0}, "lower"), {"task": "t", "metric": "x", "better": "lower"}) == {"a"}
+    # all equal, or a control column: nothing marked
+    assert best_rows(doc({"a": 0.0, "b": 0.0}, "higher"), {"task": "t", "metric": "x", "better": "higher"}) == set()
+    d = doc({"a": 1.0, "b": 2.0}, "none")
+    assert best_rows(d, d["columns"][0]) == set() and "**" not in markdown_table(d)
+
+
+def test_identical_weights_evaluated_once(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path, methods={"base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
+                                  "same1": {"method": "linear", "params": {"weights": [0.5, 0.5]}},
+                                  "same2": {"method": "linear", "params": {"weights": [0.5, 0.5]}, "skills": ["a", "b"]}})
+    fakes = Fakes(tiny_dir)
+    fakes.build = lambda step, ctx: fakes._adapter(step.out, 7) or {}  # every build writes the same weights
+    r, doc = _run(cfg, tmp_path / "run", fakes)
+    evals = [c for c in fakes.calls if c.startswith("evaluate:")]
+    assert "evaluate:same1:t_target,t_skill" in evals and not any(c.startswith("evaluate:same2") for c in evals)
+    assert doc["results"]["same2"] == doc["results"]["same1"]
+
+
+def test_run_folder_lock(tmp_path, tiny_dir):
+    import os
+
+    cfg = _cfg(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(str(os.getppid()))  # a live process holds the folder
+    with pytest.raises(LorasoupsError, match="in use by another"):
+        _run(cfg, run, Fakes(tiny_dir))
+    (run / ".lock").write_text("999999999")  # stale: taken over
+    _run(cfg, run, Fakes(tiny_dir))
+    assert not (run / ".lock").exists()

@@ -7,6 +7,7 @@ nothing, and deleting one output re-does only that step.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -151,6 +152,10 @@ class Runner:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "steps").mkdir(exist_ok=True)
+        with _run_lock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self._by_id = {s.id: s for s in self.steps}
         atomic_write_text(self.run_dir / "config.resolved.json", json.dumps(self.cfg.to_dict(), indent=1, default=str))
         t_start = time.time()
@@ -380,6 +385,46 @@ class Runner:
         for f in self._data_files(ctx, list(dict.fromkeys(specs))):
             out[f["spec"]] = f["sha256"]
         return out
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Hold ``RUN_DIR/.lock`` (our pid) for the run; a lock held by a live process is refused, a
+    stale one (its process is gone) is taken over.
+
+    Raises:
+        LorasoupsError: another live ``lorasoups run`` uses the folder.
+    """
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            alive = False
+            if pid > 0:
+                try:
+                    os.kill(pid, 0)
+                    alive = True
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    alive = True
+            if alive and pid != os.getpid():
+                raise LorasoupsError(f"{run_dir} is in use by another `lorasoups run` (pid {pid}); "
+                                     f"wait for it or use another --out") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _summary(obj: Any, limit: int = 2000) -> Any:

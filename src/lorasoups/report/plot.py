@@ -48,8 +48,8 @@ def plot_results(doc: dict[str, Any], out: str | Path) -> Path:
         bars = ax.bar(xs, ys, yerr=es, color=cs, capsize=2, edgecolor=["black" if b else "none" for b in best],
                       linewidth=[1.6 if b else 0 for b in best])
         _ = bars
-        arrow = {"higher": "↑", "lower": "↓"}.get(c.get("better", "higher"), "(control)")
-        ax.set_title(f"{c['label']} {arrow}", fontsize=9)
+        arrow = {"higher": "↑", "lower": "↓"}.get(c.get("better", "higher"), "")
+        ax.set_title(f"{c['label']} {arrow}".rstrip(), fontsize=9)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
