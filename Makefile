@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # from pulling a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-slow smoke clean
+.PHONY: venv demo test test-slow ci smoke clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,9 +26,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Slower tests on the embedded SmolLM2-135M.
+# Slower tests on the embedded SmolLM2-135M (every shipped config's smoke preset end to end).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# What CI runs (.ci/run): the fast suite, then the math_code smoke experiment on SmolLM2-135M.
+ci: test
+	$(BIN)/python -m pytest -m slow -k "test_math_code_smoke or test_smollm2_prepared"
 
 smoke: $(STAMP)
 	$(BIN)/lorasoups run configs/math_code.yaml --preset smoke --out runs/math_code_smoke
