@@ -246,3 +246,17 @@ def test_run_folder_lock(tmp_path, tiny_dir):
     (run / ".lock").write_text("999999999")  # stale: taken over
     _run(cfg, run, Fakes(tiny_dir))
     assert not (run / ".lock").exists()
+
+
+def test_moe_follows_expert_bytes(tmp_path, tiny_dir):
+    """PEFT writes target_modules from a set (order varies): merges ignore that, but an MoE folder
+    checks its experts' files byte for byte, so it is rebuilt when they change at all."""
+    cfg = _cfg(tmp_path, methods={"a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
+                                  "ties": {"params": {"density": 0.5}}, "moe": {"params": {"steps": 1}}})
+    fakes = Fakes(tiny_dir)
+    _run(cfg, tmp_path / "run", fakes)
+    conf = tmp_path / "run" / "skills" / "a" / "adapter_config.json"
+    d = json.loads(conf.read_text())
+    conf.write_text(json.dumps(dict(reversed(list(d.items())))))  # same content, other bytes
+    r, _ = _run(cfg, tmp_path / "run", fakes)
+    assert r.executed == ["build/moe"]

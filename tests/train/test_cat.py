@@ -13,7 +13,7 @@ from lorasoups.io.adapters import read_adapter
 from lorasoups.models import load_base
 from lorasoups.provenance import sha256_dir
 from lorasoups.testing import make_peft_adapter, peft_logits
-from lorasoups.train.cat import fit_coefficients, train_cat
+from lorasoups.train.cat import causal_lm_loss, fit_coefficients, train_cat
 from lorasoups.train.fused import attach_cat, detach_cat
 
 ADAPTERS = [  # different ranks, alphas, rsLoRA and target modules
@@ -280,3 +280,14 @@ def test_init_values_and_masking(tiny_dir, adapters):
     assert set(only1) == {"a1"} and only1["a1"]["initial"] == pytest.approx(0.75)
     h2 = attach_cat(load_base(str(tiny_dir))[0], recs, normalize="none", init="0.2,0.6")
     assert h2.coefficient_table()["model.layers.0.self_attn.q_proj"]["a0"]["initial"] == pytest.approx(0.2)
+
+
+def test_loss_matches_transformers(tiny_dir):
+    from lorasoups.train.data import collate
+
+    model, _ = load_base(str(tiny_dir))
+    b = collate(synthetic_examples(n=4), 0)
+    b["labels"][:, :3] = -100  # a masked prompt
+    with torch.no_grad():
+        out = model(**b)
+    assert float(causal_lm_loss(out.logits, b["labels"])) == pytest.approx(float(out.loss), abs=1e-5)

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=["linear", "constant"], default="linear", help="learning-rate schedule (default linear decay)")
     p.add_argument("--fraction", type=float, default=0.05, help="fraction of each skill dataset used (default 0.05, the paper's 5%%)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on examples per skill dataset")
-    p.add_argument("--cutoff-len", type=int, default=512, help="maximum tokens per example (default 512)")
+    p.add_argument("--cutoff-len", type=int, default=256, help="maximum tokens per example (default 256, as lorasoups train)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="part of the mix held out for the validation loss before/after (default 0.1)")
     p.add_argument("--keep-long-prompts", action="store_true",

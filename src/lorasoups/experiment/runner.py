@@ -100,6 +100,12 @@ class Runner:
             m = step.method
             doc.update(method=m.method, params=thaw(composite_params(ctx, step)),
                        inputs=[self._output_digest(ctx, d) for d in step.deps])
+            if step.stage == "moe":
+                # an MoE folder records the experts' file checksums byte for byte and refuses
+                # experts whose files changed, so its key follows their exact bytes
+                doc["expert_files"] = [{k: v for k, v in ctx.hasher.folder(self._by_id[d].out).items()
+                                        if k in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")}
+                                       for d in step.deps]
             if step.stage in ("data_mix", "cat", "lorahub", "moe"):
                 doc["data"] = self._data_files(ctx, composite_data(ctx, step))
         return doc

@@ -30,6 +30,7 @@ DEFAULT_EPOCHS = 1.0
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_FRACTION = 0.05
 DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_CUTOFF_LEN = 256  # as skill-LoRA training (lorasoups train) and the paper
 SCHEDULES = ("linear", "constant")
 
 
@@ -124,11 +125,22 @@ def batches(examples: list[dict], batch_size: int, seed: int):
         e += 1
 
 
+def causal_lm_loss(logits, labels, reduction: str = "mean"):
+    """Next-token cross-entropy (nats) of ``logits`` (B, T, V) against ``labels`` (B, T), -100
+    ignored: position t predicts label t+1. Only labelled positions are upcast to fp32, which keeps
+    memory well below an fp32 copy of all logits. Returns a 0-d tensor (``mean`` or ``sum``)."""
+    import torch.nn.functional as F
+
+    tgt = labels[:, 1:]  # (B, T-1)
+    sel = tgt != -100
+    lg = logits[:, :-1][sel].float()  # (N, V), N labelled positions
+    return F.cross_entropy(lg, tgt[sel], reduction=reduction)
+
+
 def mean_loss(model, examples: list[dict], pad_token_id: int, batch_size: int, precision: str, device: str) -> float:
     """Token-weighted mean next-token cross-entropy (nats) of ``model`` on ``examples`` (labels
     -100 ignored), no gradients."""
     import torch
-    import torch.nn.functional as F
 
     from .data import collate
 
@@ -140,10 +152,11 @@ def mean_loss(model, examples: list[dict], pad_token_id: int, batch_size: int, p
             ids, am, labels = b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device)
             with autocast_context(precision, device):
                 logits = model(input_ids=ids, attention_mask=am).logits
-            lg = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (batch*(seq-1), vocab)
-            tgt = labels[:, 1:].reshape(-1)
-            total += float(F.cross_entropy(lg, tgt, ignore_index=-100, reduction="sum"))
-            count += int((tgt != -100).sum())
+            n = int((labels[:, 1:] != -100).sum())
+            if n:
+                total += float(causal_lm_loss(logits, labels, reduction="sum"))
+                count += n
+            del logits
     return total / max(count, 1)
 
 
@@ -187,17 +200,21 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lr:
         losses = []
         for _ in range(grad_accum):
             b = collate(next(stream), pad_token_id)
+            labels = b["labels"].to(device)
+            if not (labels[:, 1:] != -100).any():
+                continue  # nothing to predict in this micro-batch (all prompt tokens)
             with autocast_context(precision, device):
-                out = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                            labels=b["labels"].to(device))
-            loss = out.loss.float()
+                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            loss = causal_lm_loss(logits, labels)
+            del logits
             if not torch.isfinite(loss):
                 raise DataError(f"CAT: non-finite loss at step {step + 1}; try a smaller --lr")
             (loss / grad_accum).backward()
             losses.append(float(loss.detach()))
-        opt.step()
+        if losses:
+            opt.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            rec = {"step": step + 1, "loss": round(sum(losses) / len(losses), 6),
+            rec = {"step": step + 1, "loss": round(sum(losses) / len(losses), 6) if losses else None,
                    "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2),
                    "coefficients": coefficient_stats(handle)}
             log.append(rec)
@@ -266,7 +283,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               granularity: str = "module", normalize: str = "softmax", init: str = "uniform",
               lr: float = DEFAULT_LR, steps: int | None = None, epochs: float = DEFAULT_EPOCHS,
               batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
-              fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None, cutoff_len: int = 512,
+              fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None,
+              cutoff_len: int = DEFAULT_CUTOFF_LEN,
               val_fraction: float = DEFAULT_VAL_FRACTION, skip_long_prompts: bool = True, seed: int = 0,
               no_train: bool = False,
               precision: str = "auto", device: str = "auto", data_dir: str | None = None,
