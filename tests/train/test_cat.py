@@ -291,3 +291,20 @@ def test_loss_matches_transformers(tiny_dir):
     with torch.no_grad():
         out = model(**b)
     assert float(causal_lm_loss(out.logits, b["labels"])) == pytest.approx(float(out.loss), abs=1e-5)
+
+
+def test_cli_defaults_match_api():
+    import inspect
+
+    from lorasoups.cli import cat_cmd
+    from lorasoups.train import cat
+
+    import argparse
+
+    sig = inspect.signature(cat.train_cat).parameters
+    ap = argparse.ArgumentParser()
+    cat_cmd.add_parser(ap.add_subparsers())
+    args = ap.parse_args(["cat", "--adapters", "a", "b", "--out", "o"])
+    for k in ("granularity", "normalize", "init", "lr", "steps", "epochs", "batch_size", "grad_accum", "schedule",
+              "fraction", "max_samples", "cutoff_len", "val_fraction", "seed", "no_train", "precision", "device"):
+        assert getattr(args, k) == sig[k].default, k

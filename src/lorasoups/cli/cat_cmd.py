@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 # Kept in sync with lorasoups.train.cat (not imported here so that ``lorasoups --help`` stays fast).
-_DEFAULT_LR = 2e-2
+_DEFAULT_LR = 5e-2
 _DEFAULT_EPOCHS = 1.0
 
 

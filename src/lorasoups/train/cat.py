@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..methods import register_method
 
 # Defaults chosen by measurement on SmolLM2-135M with math + code skill LoRAs (README, "## CAT").
-DEFAULT_LR = 2e-2
+DEFAULT_LR = 5e-2
 DEFAULT_EPOCHS = 1.0
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_FRACTION = 0.05
