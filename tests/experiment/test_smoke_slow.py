@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _run_smoke(name: str, smollm2_dir: Path, out: Path) -> dict:
     # base=<prepared folder>: the tests' temporary LORASOUPS_HOME must not rebuild the model
-    rc = main(["run", str(REPO / "configs" / f"{name}.yaml"), "--preset", "smoke", f"base={smollm2_dir}",
+    rc = main(["run", str(REPO / "configs" / f"{name}.yaml"), f"base={smollm2_dir}", "--preset", "smoke",
                "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
