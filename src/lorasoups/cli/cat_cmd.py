@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_combine_io_args
+
 # Kept in sync with lorasoups.train.cat (not imported here so that ``lorasoups --help`` stays fast).
 _DEFAULT_LR = 5e-2
 _DEFAULT_EPOCHS = 1.0
@@ -18,11 +20,9 @@ def add_parser(sub) -> None:
                     "the skill datasets (never target-task data). The output is a standard PEFT LoRA of rank Σ r_i "
                     "(coefficients folded into lora_B, scaling 1) plus cat_coefficients.json, cat_log.jsonl, "
                     "coefficients.png and cat_options.json.")
-    p.add_argument("--base", default="smollm2-135m", help="base model: embedded name, HF folder or hub id (default smollm2-135m)")
-    p.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="two or more PEFT skill LoRA folders")
-    p.add_argument("--data", action="extend", nargs="+", default=[], metavar="SPEC",
-                   help="skill data spec(s), e.g. gsm8k codealpaca or gsm8k:max_samples=300 (repeatable)")
-    p.add_argument("--out", required=True, help="output adapter folder")
+    add_combine_io_args(p, adapters_help="two or more PEFT skill LoRA folders",
+                        data_help="skill data spec(s), e.g. gsm8k codealpaca or gsm8k:max_samples=300 (repeatable)",
+                        out_help="output adapter folder")
     p.add_argument("--granularity", choices=["module", "layer", "global"], default="module",
                    help="one coefficient per adapter per module (default), per decoder layer, or global")
     p.add_argument("--normalize", choices=["softmax", "none"], default="softmax",

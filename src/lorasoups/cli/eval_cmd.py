@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_base_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -11,7 +13,7 @@ def add_parser(sub) -> None:
         description="Evaluate a base model, optionally with a PEFT LoRA adapter folder or an MoE folder, on "
                     "tasks from `lorasoups ls tasks`. Writes OUT/results.json (metrics with standard errors, "
                     "options, checksums, versions) and OUT/samples/<task>.jsonl.")
-    p.add_argument("--base", default="smollm2-135m", help="base model: embedded name, HF folder or hub id (default: smollm2-135m)")
+    add_base_arg(p)
     p.add_argument("--adapter", default=None, help="PEFT LoRA adapter folder or MoE folder")
     p.add_argument("--task", action="append", required=True, metavar="NAME",
                    help="task name (repeatable, or comma-separated; 'all' for every task)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_combine_io_args
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -13,11 +15,9 @@ def add_parser(sub) -> None:
                     "cross-entropy of K few-shot examples + l1 * mean|w|. Each candidate is evaluated on the "
                     "already-wrapped model (weights swapped in place). Writes a PEFT adapter folder, "
                     "lorahub_weights.json and lorahub_trace.jsonl (one line per candidate).")
-    p.add_argument("--base", default="smollm2-135m", help="base model: embedded name, HF folder or hub id (default smollm2-135m)")
-    p.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="PEFT LoRA folders to weight")
-    p.add_argument("--data", action="extend", nargs="+", default=[], metavar="SPEC",
-                   help="few-shot data spec(s): catalogue name or file, e.g. gsm8k or my.json:max_samples=20")
-    p.add_argument("--out", required=True, help="output adapter folder")
+    add_combine_io_args(p, adapters_help="PEFT LoRA folders to weight",
+                        data_help="few-shot data spec(s): catalogue name or file, e.g. gsm8k or my.json:max_samples=20",
+                        out_help="output adapter folder")
     p.add_argument("--budget", type=int, default=40, help="candidates evaluated by the search (default 40, as LoraHub)")
     p.add_argument("--space", choices=["delta", "factors"], default="delta",
                    help="delta: exact Σ w_i ΔW_i as a rank-sum LoRA (default); factors: the original's "

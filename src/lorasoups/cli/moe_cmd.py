@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_combine_io_args
+
 # Kept in sync with lorasoups.moe.train (not imported here so that ``lorasoups --help`` stays fast).
 _DEFAULT_LR = 1e-3
 _DEFAULT_TOP_K = 2
@@ -17,11 +19,8 @@ def add_parser(sub) -> None:
                     "frozen LoRA experts per token (softmax over the top-k logits). Only the routers train, on the "
                     "same skill mix CAT uses. An MoE is not a LoRA (the update depends on each token's gates); it "
                     "is saved as moe_config.json (expert paths + SHA-256) + routers.safetensors.")
-    p.add_argument("--base", default="smollm2-135m", help="base model: embedded name, HF folder or hub id (default smollm2-135m)")
-    p.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="two or more PEFT skill LoRA folders (the experts)")
-    p.add_argument("--data", action="extend", nargs="+", default=[], metavar="SPEC",
-                   help="skill data spec(s), e.g. gsm8k codealpaca (repeatable)")
-    p.add_argument("--out", required=True, help="output MoE folder")
+    add_combine_io_args(p, adapters_help="two or more PEFT skill LoRA folders (the experts)",
+                        data_help="skill data spec(s), e.g. gsm8k codealpaca (repeatable)", out_help="output MoE folder")
     p.add_argument("--top-k", type=int, default=_DEFAULT_TOP_K, help=f"experts per token (default {_DEFAULT_TOP_K}; clipped to n)")
     p.add_argument("--router-layers", default="all", metavar="all|none|LIST",
                    help="decoder layers whose modules get routers, e.g. all (default) or 0,2,20-29; modules in "

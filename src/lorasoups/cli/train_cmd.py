@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from .common import add_base_arg
 import json
 import os
 from pathlib import Path
@@ -39,7 +41,7 @@ def add_parser(sub) -> None:
                        description="Train one LoRA adapter with PEFT and the Hugging Face Trainer.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--base", default="smollm2-135m", help="base model: embedded name, HF folder or hub id (default: %(default)s)")
+    add_base_arg(g)
     g.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help="training data spec (repeatable; see below)")
     g.add_argument("--out", required=True, help="output adapter folder")

@@ -29,6 +29,31 @@ PREFIX = "base_model.model."
 _KEY_RE = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 
+def parse_tensor_key(wpath: Path, key: str) -> tuple[str, str]:
+    """Module path (without the ``base_model.model.`` prefix) and kind (``lora_A`` / ``lora_B``)
+    of a tensor name in a PEFT LoRA weights file.
+
+    Raises:
+        AdapterError: (naming ``wpath`` and the key) an embedding LoRA, DoRA magnitude,
+            ``modules_to_save`` / trainable-token tensor, or any other tensor that is not a
+            lora_A / lora_B weight: refused rather than silently dropped.
+    """
+    if "lora_embedding_A" in key or "lora_embedding_B" in key:
+        raise AdapterError(f"{wpath}: embedding LoRA tensor {key!r} is not supported")
+    if "lora_magnitude_vector" in key:
+        raise AdapterError(f"{wpath}: DoRA tensor {key!r} is not supported")
+    if "modules_to_save" in key or "trainable_tokens" in key:
+        raise AdapterError(f"{wpath}: tensor {key!r} (modules_to_save / trainable tokens) is not supported")
+    m = _KEY_RE.match(key)
+    if m is None:
+        raise AdapterError(f"{wpath}: unexpected tensor {key!r} (not a lora_A/lora_B weight); "
+                           "refusing rather than silently dropping it")
+    module = m.group("module")
+    if module.startswith(PREFIX):
+        module = module[len(PREFIX):]
+    return module, m.group("kind")
+
+
 def pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
     """Return the first key of ``patterns`` (``rank_pattern`` / ``alpha_pattern``) matching ``module``.
 
@@ -135,20 +160,8 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
 
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        if "lora_embedding_A" in key or "lora_embedding_B" in key:
-            raise AdapterError(f"{wpath}: embedding LoRA tensor {key!r} is not supported")
-        if "lora_magnitude_vector" in key:
-            raise AdapterError(f"{wpath}: DoRA tensor {key!r} is not supported")
-        if "modules_to_save" in key or "trainable_tokens" in key:
-            raise AdapterError(f"{wpath}: tensor {key!r} (modules_to_save / trainable tokens) is not supported")
-        m = _KEY_RE.match(key)
-        if m is None:
-            raise AdapterError(f"{wpath}: unexpected tensor {key!r} (not a lora_A/lora_B weight); "
-                               "refusing rather than silently dropping it")
-        module = m.group("module")
-        if module.startswith(PREFIX):
-            module = module[len(PREFIX):]
-        parts.setdefault(module, {})[m.group("kind")] = t
+        module, kind = parse_tensor_key(wpath, key)
+        parts.setdefault(module, {})[kind] = t
 
     if not parts:
         raise AdapterError(f"{wpath}: no LoRA tensors found")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import AdapterError
-from ..io.adapters import (CONFIG_NAME, PICKLE_NAME, PREFIX, WEIGHTS_NAME, _KEY_RE, _check_config, _load_config,
+from ..io.adapters import (CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME, _check_config, _load_config, parse_tensor_key,
                            read_adapter, resolve_scale)
 from ..types import LoraFactors
 
@@ -129,22 +129,10 @@ def open_adapter(path: str | os.PathLike, allow_pickle: bool = False) -> Adapter
         raise AdapterError(f"{wpath}: unreadable safetensors weights: {ex}") from None
     parts: dict[str, dict[str, tuple[str, list[int], str]]] = {}
     for key, (shape, dt) in shapes.items():
-        if "lora_embedding_A" in key or "lora_embedding_B" in key:
-            raise AdapterError(f"{wpath}: embedding LoRA tensor {key!r} is not supported")
-        if "lora_magnitude_vector" in key:
-            raise AdapterError(f"{wpath}: DoRA tensor {key!r} is not supported")
-        if "modules_to_save" in key or "trainable_tokens" in key:
-            raise AdapterError(f"{wpath}: tensor {key!r} (modules_to_save / trainable tokens) is not supported")
-        m = _KEY_RE.match(key)
-        if m is None:
-            raise AdapterError(f"{wpath}: unexpected tensor {key!r} (not a lora_A/lora_B weight); "
-                               "refusing rather than silently dropping it")
+        module, kind = parse_tensor_key(wpath, key)
         if dt not in _FLOAT_DTYPES:
             raise AdapterError(f"{wpath}: tensor {key!r} has non-float dtype {dt}")
-        module = m.group("module")
-        if module.startswith(PREFIX):
-            module = module[len(PREFIX):]
-        parts.setdefault(module, {})[m.group("kind")] = (key, shape, dt)
+        parts.setdefault(module, {})[kind] = (key, shape, dt)
     if not parts:
         raise AdapterError(f"{wpath}: no LoRA tensors found")
     modules: dict[str, ModuleEntry] = {}

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import AdapterError, ConfigError
 from ..types import LoraFactors
+from ..wrap import LinearWrapper
 
 
 def topk_softmax(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +97,7 @@ def load_balance_loss(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tenso
     return n * (dispatch.mean(0) * probs.mean(0)).sum()
 
 
-class MoeLoraLinear(nn.Module):
+class MoeLoraLinear(LinearWrapper):
     """Frozen ``nn.Linear`` + frozen LoRA experts, mixed per token by a router (or fixed weights).
 
     Args:
@@ -148,18 +149,6 @@ class MoeLoraLinear(nn.Module):
         self.token_mask: torch.Tensor | None = None
         self.collect_aux = False
         self.aux_loss: torch.Tensor | None = None
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # model code may read ``.weight`` of a projection (dtype checks)
-        return self.base.weight
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """Expert weights (..., n) for inputs x (..., d_in), in the router's dtype (fp32 unless the

@@ -10,16 +10,8 @@ from torch import nn
 
 from ..errors import AdapterError, ConfigError
 from ..types import AdapterRecord
+from ..wrap import layer_index, replace_module
 from .layer import MoeLoraLinear
-
-_LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-
-
-def layer_index(module: str) -> int | None:
-    """Decoder layer index in a module path (``model.layers.3.mlp.down_proj`` -> 3), or None."""
-    m = _LAYER_RE.search("." + module)
-    return int(m.group(1)) if m else None
-
 
 def parse_router_layers(spec: str | int | Sequence[int] | None, num_layers: int | None = None) -> list[int] | None:
     """Decoder layers that get routers.
@@ -76,12 +68,6 @@ def routed_modules(modules: Sequence[str], layers: list[int] | None) -> list[str
     return sorted(m for m in modules if layer_index(m) in keep)
 
 
-def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
-
-
 def attach_moe(model: nn.Module, experts: Sequence[AdapterRecord], *, top_k: int,
                routed: Sequence[str] | None = None) -> dict[str, MoeLoraLinear]:
     """Replace every module adapted by any expert with a :class:`MoeLoraLinear`, in place.
@@ -122,7 +108,7 @@ def attach_moe(model: nn.Module, experts: Sequence[AdapterRecord], *, top_k: int
             raise AdapterError(f"expert(s) {names}: module {m} is a {type(base).__name__}, not a torch.nn.Linear")
         w = MoeLoraLinear(base, [e.modules.get(m) for e in experts], top_k=top_k, routed=m in routed_set,
                           where=f"module {m} (experts {names})")
-        _replace_module(model, m, w)
+        replace_module(model, m, w)
         out[m] = w
     return out
 

@@ -170,7 +170,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     from ..io.adapters import read_adapter
     from ..models import load_base
     from ..paths import check_not_input
-    from ..train.cat import SCHEDULES, resolve_device, resolve_precision, split_examples
+    from ..train.cat import check_fit_options, resolve_device, resolve_precision, split_examples
     from .folder import save_moe_folder
     from .model import attach_moe, init_routers, parse_router_layers, routed_modules, router_parameters
 
@@ -181,22 +181,10 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
         raise ConfigError(f"a mixture of experts needs at least 2 expert adapters, got {len(adapters)}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be ≥ 1, got {top_k}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise ConfigError(f"--lr must be a positive number, got {lr}")
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be ≥ 1, got {steps}")
-    if steps is None and not epochs > 0:
-        raise ConfigError(f"--epochs must be > 0, got {epochs}")
-    if batch_size < 1 or grad_accum < 1:
-        raise ConfigError(f"--batch-size and --grad-accum must be ≥ 1, got {batch_size}, {grad_accum}")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
     if balance_loss < 0 or router_init_std < 0:
         raise ConfigError("--balance-loss and --router-init-std must be ≥ 0")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_fit_options(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                      schedule=schedule, fraction=fraction, val_fraction=val_fraction)
     if not data:
         raise ConfigError("the routers train on skill data: give --data SPEC (e.g. the skill datasets)")
     out = Path(out)

@@ -49,6 +49,7 @@ from torch import nn
 from ..errors import AdapterError, ConfigError, DataError
 from ..methods import register_method
 from ..types import AdapterRecord, LoraFactors
+from ..wrap import LinearWrapper, base_linear, replace_module
 
 SPACES = ("delta", "factors")
 WEIGHTS_FILE = "lorahub_weights.json"
@@ -115,7 +116,7 @@ def l1_penalty(weights: Sequence[float] | np.ndarray, l1: float) -> float:
 # In-place swappable wrapper
 # ----------------------------------------------------------------------------------------------
 
-class HubLinear(nn.Module):
+class HubLinear(LinearWrapper):
     """A frozen ``nn.Linear`` plus a LoRA whose merge weights are swapped in place.
 
     forward(x) = base(x) + ((x A'ᵀ) ⊙ c) B'ᵀ, with x (..., d_in) -> (..., d_out), where
@@ -168,18 +169,6 @@ class HubLinear(nn.Module):
             raise AdapterError(f"{where}: LoRA shape (d_out {d_out}, d_in {d_in}) does not match the base module "
                                f"(out {base.out_features}, in {base.in_features})")
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # model code may read ``.weight`` of a projection (dtype checks)
-        return self.base.weight
-
     @torch.no_grad()
     def set_weights(self, w: torch.Tensor) -> None:
         """Swap in merge weights ``w`` (n,), in place."""
@@ -196,31 +185,9 @@ class HubLinear(nn.Module):
         return y + F.linear(h, self.lora_B).to(y.dtype)                       # (..., d_out)
 
 
-def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
-
-
 def module_union(records: Sequence[AdapterRecord]) -> list[str]:
     """Sorted union of the adapted module paths of ``records``."""
     return sorted({m for r in records for m in r.modules})
-
-
-def base_linear(model: nn.Module, path: str, where: str) -> nn.Linear:
-    """The ``nn.Linear`` at ``path`` in ``model``.
-
-    Raises:
-        AdapterError: no such module, or it is not a plain linear layer.
-    """
-    try:
-        mod = model.get_submodule(path)
-    except AttributeError:
-        raise AdapterError(f"{where}: module {path} does not exist in the base model "
-                           "(adapter trained on another architecture?)") from None
-    if not isinstance(mod, nn.Linear):
-        raise AdapterError(f"{where}: module {path} is a {type(mod).__name__}, not a torch.nn.Linear")
-    return mod
 
 
 def wrap_for_search(model: nn.Module, records: Sequence[AdapterRecord], space: str) -> dict[str, HubLinear]:
@@ -238,7 +205,7 @@ def wrap_for_search(model: nn.Module, records: Sequence[AdapterRecord], space: s
         names = ", ".join(r.name for r in records if m in r.modules)
         lin = base_linear(model, m, f"adapter(s) {names}")
         w = HubLinear(lin, [r.modules.get(m) for r in records], space, where=f"module {m} (adapters {names})").to(device)
-        _replace_module(model, m, w)
+        replace_module(model, m, w)
         wrappers[m] = w
     for p in model.parameters():
         p.requires_grad_(False)

@@ -69,6 +69,32 @@ def autocast_context(precision: str, device: str):
     return nullcontext()
 
 
+def check_fit_options(*, lr: float, steps: int | None, epochs: float, batch_size: int, grad_accum: int,
+                      schedule: str, fraction: float | None, val_fraction: float) -> None:
+    """Check the options shared by the small trainers of merge weights (CAT coefficients, MoE
+    routers) before any model is loaded.
+
+    Raises:
+        ConfigError: naming the option: lr not a positive finite number, steps < 1, epochs ≤ 0
+            when steps is None, batch_size or grad_accum < 1, unknown schedule, fraction outside
+            (0, 1], val_fraction outside [0, 1).
+    """
+    if lr <= 0 or not math.isfinite(lr):
+        raise ConfigError(f"--lr must be a positive number, got {lr}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be ≥ 1, got {steps}")
+    if steps is None and not epochs > 0:
+        raise ConfigError(f"--epochs must be > 0, got {epochs}")
+    if batch_size < 1 or grad_accum < 1:
+        raise ConfigError(f"--batch-size and --grad-accum must be ≥ 1, got {batch_size}, {grad_accum}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+
+
 def lr_at(step: int, total: int, lr: float, schedule: str) -> float:
     """Learning rate of optimiser step ``step`` (0-based) of ``total``: constant, or linear decay
     from ``lr`` to ``lr / total`` (never exactly 0, so the last step still moves)."""
@@ -339,20 +365,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     data = list(data or [])
     if len(adapters) < 2:
         raise ConfigError(f"CAT needs at least 2 adapters, got {len(adapters)}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise ConfigError(f"--lr must be a positive number, got {lr}")
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be ≥ 1, got {steps}")
-    if steps is None and not epochs > 0:
-        raise ConfigError(f"--epochs must be > 0, got {epochs}")
-    if batch_size < 1 or grad_accum < 1:
-        raise ConfigError(f"--batch-size and --grad-accum must be ≥ 1, got {batch_size}, {grad_accum}")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_fit_options(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                      schedule=schedule, fraction=fraction, val_fraction=val_fraction)
     if not data and not no_train:
         raise ConfigError("CAT trains on skill data: give --data SPEC (e.g. the skill datasets), or --no-train")
     parse_init(init, len(adapters))  # validate before loading anything

@@ -25,7 +25,6 @@ coefficients (the paper's formula).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -35,19 +34,13 @@ from torch import nn
 
 from ..errors import AdapterError, ConfigError
 from ..types import AdapterRecord, LoraFactors
+from ..wrap import LinearWrapper, layer_index, replace_module
 
 GRANULARITIES = ("module", "layer", "global")
 NORMALIZATIONS = ("softmax", "none")
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
 # ----------------------------------------------------------------------------- pure functions
-
-def layer_index(module: str) -> int | None:
-    """Decoder layer index of a module path (``model.layers.3.mlp.up_proj`` -> 3), or None."""
-    m = _LAYER_RE.search("." + module)
-    return int(m.group(1)) if m else None
-
 
 def group_key(module: str, granularity: str) -> str:
     """The coefficient group of ``module``: its own path (``module``), ``layers.<i>`` (``layer``;
@@ -196,7 +189,7 @@ class CatCoefficients(nn.Module):
         return torch.softmax(lg, dim=-1) if self.normalize == "softmax" else lg
 
 
-class FusedConcatLinear(nn.Module):
+class FusedConcatLinear(LinearWrapper):
     """A frozen ``nn.Linear`` plus the concatenation of k ≤ n LoRAs with learnable coefficients.
 
     forward(x) = base(x) + B' ((A' x) ⊙ v),  v = (c_g[adapter of each rank row] · s_row)  (R,)
@@ -238,18 +231,6 @@ class FusedConcatLinear(nn.Module):
     @property
     def coefficients(self) -> CatCoefficients:
         return self._coef[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # some model code reads ``.weight`` of projections (dtype checks)
-        return self.base.weight
 
     def scale_vector(self) -> torch.Tensor:
         """v (R,) fp32: v_k = c_{g, adapter(k)} · s_k, as one matrix-vector product of the (R, n)
@@ -403,9 +384,7 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         lin = mods[m]
         ids = [i for i, _ in present[m]]
         w = FusedConcatLinear(lin, [f for _, f in present[m]], ids, gidx[group_key(m, granularity)], coefs)
-        parent_name, _, child = m.rpartition(".")
-        parent = mods[parent_name] if parent_name else model
-        setattr(parent, child, w)
+        replace_module(model, m, w)
         wrappers[m] = w
         originals[m] = lin
     model.cat_coefficients = coefs  # registered as a submodule: model.parameters() yields the logits once
@@ -414,10 +393,7 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
 
 def detach_cat(model: nn.Module, handle: CatHandle) -> None:
     """Put the original ``nn.Linear`` modules back and remove ``model.cat_coefficients``."""
-    mods = dict(model.named_modules())
     for m, lin in handle.originals.items():
-        parent_name, _, child = m.rpartition(".")
-        parent = mods[parent_name] if parent_name else model
-        setattr(parent, child, lin)
+        replace_module(model, m, lin)
     if hasattr(model, "cat_coefficients"):
         del model.cat_coefficients

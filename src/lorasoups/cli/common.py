@@ -1,0 +1,23 @@
+"""Argument blocks shared by several ``lorasoups`` sub-commands (kept import-light so that
+``lorasoups --help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_BASE = "smollm2-135m"
+
+
+def add_base_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--base``: the base model (embedded name, local HF folder or hub id)."""
+    p.add_argument("--base", default=DEFAULT_BASE,
+                   help=f"base model: embedded name, HF folder or hub id (default {DEFAULT_BASE})")
+
+
+def add_combine_io_args(p: argparse.ArgumentParser, *, adapters_help: str, data_help: str, out_help: str) -> None:
+    """The inputs and output of a command that combines skill LoRAs using data (CAT, LoRA Hub, MoE):
+    ``--base``, ``--adapters DIR...``, ``--data SPEC...`` (repeatable) and ``--out``."""
+    add_base_arg(p)
+    p.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help=adapters_help)
+    p.add_argument("--data", action="extend", nargs="+", default=[], metavar="SPEC", help=data_help)
+    p.add_argument("--out", required=True, help=out_help)
