@@ -333,7 +333,7 @@ SKILL_KEYS = {"data", "train", "description"}
 METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled"}
 EVAL_KEYS = {"options", "tasks"}
 TASK_KEYS = {"task", "role", "skill", "enabled", "options"}
-REPORT_KEYS = {"columns", "title"}
+REPORT_KEYS = {"columns", "title", "compare_to"}
 COLUMN_KEYS = {"label", "task", "metric", "better", "target"}
 ROLES = ("target", "skill", "other")
 
@@ -898,6 +898,14 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         p.add("methods", "duplicate labels")
+    cmp_raw = rep.get("compare_to")
+    if cmp_raw is not None:
+        if not isinstance(cmp_raw, list) or not all(isinstance(x, str) for x in cmp_raw):
+            p.add("report.compare_to", f"must be a list of method labels, got {_fmt(cmp_raw)}")
+        else:
+            for x in cmp_raw:
+                if x not in labels:
+                    p.add("report.compare_to", f"{x!r} is not a method of this config{suggest(x, labels)}")
 
     if p.items:
         n = len(p.items)

@@ -260,3 +260,21 @@ def test_moe_follows_expert_bytes(tmp_path, tiny_dir):
     conf.write_text(json.dumps(dict(reversed(list(d.items())))))  # same content, other bytes
     r, _ = _run(cfg, tmp_path / "run", fakes)
     assert r.executed == ["build/moe"]
+
+
+def test_report_compare_to(tmp_path, tiny_dir):
+    rep = {"columns": [{"task": "t_target", "metric": "nll"}], "compare_to": ["linear"]}
+    cfg = _cfg(tmp_path, report=rep)
+    run = tmp_path / "run"
+    _, doc = _run(cfg, run, Fakes(tiny_dir))
+    rows = {p["method"]: p for p in doc["analysis"]["paired"] if p["vs"] == "method:linear"}
+    assert set(rows) == {"base", "a", "b", "ties", "cat"}
+    # the paired difference is the mean of per-item differences of the two samples files
+    from lorasoups.report.analysis import item_scores
+
+    a = item_scores(run / doc["samples"]["cat"]["t_target"], "nll")
+    b = item_scores(run / doc["samples"]["linear"]["t_target"], "nll")
+    assert rows["cat"]["diff"] == pytest.approx(sum(a[k] - b[k] for k in a) / len(a))
+    assert "**vs linear (report.compare_to)**" in (run / "results.md").read_text()
+    with pytest.raises(LorasoupsError, match=r"report.compare_to: 'lineer' is not a method.*linear"):
+        _cfg(tmp_path, report={"compare_to": ["lineer"]})

@@ -103,8 +103,8 @@ def _gain(value: float, base: float, better: str) -> float:
 
 def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str, Any]:
     """Super-linearity per target column and composite method, and paired differences of every
-    method vs the base model and vs the best single-skill LoRA on every column (where per-item
-    scores are in the samples files).
+    method vs the base model, vs the best single-skill LoRA on every column, and vs each method
+    named in the config's ``report.compare_to`` (where per-item scores are in the samples files).
 
     Args:
         doc: a results document (``results.json``): needs ``methods``, ``columns``, ``results``,
@@ -118,6 +118,7 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
     composite = [k for k, m in methods.items() if m.get("method") not in ("base", "skill")]
     run_dir = Path(run_dir) if run_dir else None
     samples = doc.get("samples") or {}
+    compare_to = list(((doc.get("config") or {}).get("report") or {}).get("compare_to") or [])
 
     def scores(method: str, task: str, metric: str) -> dict[Any, float]:
         rel = (samples.get(method) or {}).get(task)
@@ -164,8 +165,9 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
         # paired differences vs base and vs the best single skill
         if better == "none":
             continue
-        for ref_name, ref in (("base", base_label), ("best_single", best_single)):
-            if ref is None:
+        refs = [("base", base_label), ("best_single", best_single)] + [(f"method:{x}", x) for x in compare_to]
+        for ref_name, ref in refs:
+            if ref is None or ref not in methods:
                 continue
             ref_scores = scores(ref, task, metric)
             if not ref_scores:

@@ -156,7 +156,9 @@ def analysis_markdown(doc: dict[str, Any]) -> str:
         parts.append("## Paired differences\n")
         parts.append("Mean per-item difference on the same items (method − reference) ± standard error; "
                      "\\* = |z| ≥ 1.96; ↑/↓ = better/worse than the reference in the column's direction.\n")
-        for vs, title in (("base", "vs the base model"), ("best_single", "vs the best single-skill LoRA of each column")):
+        extra = list(dict.fromkeys(r["vs"] for r in pr if r["vs"].startswith("method:")))
+        for vs, title in [("base", "vs the base model"), ("best_single", "vs the best single-skill LoRA of each column")] + \
+                [(v, f"vs {v.split(':', 1)[1]} (report.compare_to)") for v in extra]:
             rows = [r for r in pr if r["vs"] == vs]
             if not rows:
                 continue
