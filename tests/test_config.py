@@ -156,3 +156,13 @@ def test_skill_shorthand(tmp_path):
     cfg = load_config(p)
     m = cfg.method("skill:math")
     assert m.method == "skill" and m.skills == ("math",)
+
+
+def test_overrides_after_options_on_the_command_line(tmp_path, capsys):
+    """``validate/run CONFIG --preset X key=value``: overrides after an option still apply."""
+    p = _write(tmp_path, GOOD)
+    rc = main(["validate", str(p), "--preset", "smoke", "methods.cat.params.lr=fast"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "methods.cat.params.lr: method cat: expected float, got str 'fast'" in err
+    with pytest.raises(SystemExit):
+        main(["validate", str(p), "--preset", "cpu", "--no-such-flag"])
