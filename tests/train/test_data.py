@@ -112,6 +112,10 @@ def test_mix_weights_sample_in_proportion(tmp_path, tok):
     assert [s.in_mix for s in td.sources] == [35, 11] and [s.selected for s in td.sources] == [40, 6]
     assert count(load_training_examples([str(a), str(b)], tok, cutoff_len=128, max_samples=5)) == {"AAA": 5, "BBB": 5}
     assert count(load_training_examples([f"{a}:fraction=0.25"], tok, cutoff_len=128)) == {"AAA": 10}
+    # a caller's cap (e.g. CAT's max_samples on a skill spec) and the spec's own cap: the smaller holds
+    assert count(load_training_examples([f"{a}:max_samples=30", f"{b}:max_samples=8"], tok, cutoff_len=128,
+                                        max_samples=9)) == {"AAA": 9, "BBB": 8}
+    assert count(load_training_examples([f"{a}:max_samples=30"], tok, cutoff_len=128, fraction=0.5)) == {"AAA": 20}
     assert mix_counts([40, 10], [1, 1]) == [25, 25] and mix_counts([3, 4], [2, 1]) == [5, 2]
 
 

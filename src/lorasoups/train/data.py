@@ -506,7 +506,10 @@ def load_training_data(specs: Iterable[str | DataSpec], tokenizer: Any, *, cutof
         src = load_source(spec, data_dir)
         files.append(src.path)
         rng = _rng(seed, "select", idx, spec.source)
-        ms = spec.max_samples if spec.max_samples is not None else max_samples
+        # both caps hold (a skill's spec cap, and the caller's cap, e.g. CAT's max_samples on a
+        # skill's data): the smaller wins; a spec's own fraction replaces the caller's.
+        caps = [c for c in (spec.max_samples, max_samples) if c is not None]
+        ms = min(caps) if caps else None
         fr = spec.fraction if spec.fraction is not None else fraction
         skipped = src.n_skipped
         if src.text is not None:
@@ -545,8 +548,9 @@ def load_training_examples(specs: list[str | DataSpec], tokenizer: Any, *, cutof
     """Tokenised training examples for one or more data specs (their union, or a weighted mix).
 
     Args:
-        specs: data specs (strings or :class:`DataSpec`); per-spec ``max_samples``/``fraction``
-            override the function-level ones, which apply to *each* spec.
+        specs: data specs (strings or :class:`DataSpec`). The function-level ``max_samples`` and
+            ``fraction`` apply to *each* spec; a spec's own ``fraction`` replaces the
+            function-level one, and when both give ``max_samples`` the smaller cap holds.
         tokenizer: HF tokenizer of the base model (its chat template decides the prompt format).
         cutoff_len: maximum tokens per example; responses are truncated to fit, raw text is
             chunked to it.
