@@ -158,3 +158,13 @@ def test_stop_strings_and_pal_gold(fake_data):
     assert items[0].gold_text == pal_response(
         "def solution():\n    apples = 3 + 4123456\n    result = apples\n    return result")
     assert '"""' not in items[0].gold_text and items[0].gold_text.endswith("return result\n```")
+
+
+def test_prompt_formats_no_count_at_all(fake_data, tiny_dir):
+    # a model that never gives a count: accuracy 0, every item no_count, majority rate 0 (defined)
+    res = evaluate(str(tiny_dir), None, ["prompt_formats"], None, generator=CannedGenerator(lambda p: "I cannot tell."),
+                   data_dir=fake_data, likelihood=False)
+    m = res["tasks"]["prompt_formats"]["metrics"]
+    assert m["acc"]["value"] == 0.0 and m["no_count"]["value"] == 1.0
+    assert m["pred_majority_rate"]["value"] == 0.0 and m["pred_majority_rate"]["class"] is None
+    assert m["pred_majority_rate"]["n"] == 12

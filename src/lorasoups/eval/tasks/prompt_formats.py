@@ -66,9 +66,10 @@ class PromptFormatsTask(Task):
         per_format = [out[f"acc_format{f}"] for f in FORMATS if f"acc_format{f}" in out]
         out["spread"] = spread(per_format)
         preds = [r.get("answer") for r in records if r.get("answer") is not None]
-        if preds:
-            top, _ = Counter(preds).most_common(1)[0]
-            out["pred_majority_rate"] = mean_stderr([float(r.get("answer") == top) for r in records])
+        if records:
+            # share of all items answered with the most frequent count; 0 when no item gave a count
+            top = Counter(preds).most_common(1)[0][0] if preds else None
+            out["pred_majority_rate"] = mean_stderr([float(top is not None and r.get("answer") == top) for r in records])
             out["pred_majority_rate"]["class"] = top
         golds = [it.gold for it in items]
         if golds:
