@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 
 # What CI runs (.ci/run): the fast suite, then the math_code smoke experiment on SmolLM2-135M.
 ci: test
-	$(BIN)/python -m pytest -m slow -k "test_math_code_smoke or test_smollm2_prepared"
+	$(BIN)/python -m pytest -m slow
 
 smoke: $(STAMP)
 	$(BIN)/lorasoups run configs/math_code.yaml --preset smoke --out runs/math_code_smoke
