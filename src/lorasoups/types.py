@@ -64,6 +64,8 @@ class AdapterRecord:
         config: the original ``adapter_config.json`` as a dict (empty for built records).
         source: the folder it was read from, if any.
         name: a short display name.
+        tensor_keys: module -> (lora_A key, lora_B key) as written in the file (for messages
+            and to tell canonical PEFT keys from variants); empty for built records.
     """
 
     modules: dict[str, LoraFactors]
@@ -71,6 +73,7 @@ class AdapterRecord:
     config: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     name: str = "adapter"
+    tensor_keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def target_modules(self) -> list[str]:

@@ -1,5 +1,7 @@
 """Loading the model to evaluate: a base model, optionally with a PEFT LoRA adapter folder (loaded
-with vanilla ``PeftModel.from_pretrained``, as any user would) or an MoE folder (loaded with
+with vanilla ``PeftModel.from_pretrained``, as any user would, when its keys are PEFT's own; known
+key variants are mapped; a post-load check refuses any tensor left unattached — see
+:mod:`lorasoups.io.attach`) or an MoE folder (loaded with
 ``lorasoups.moe.load_moe_model``, import-guarded).
 """
 
@@ -65,13 +67,12 @@ def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora:
         model = load_moe(model, str(adapter))
         model.eval()
         return model, tok, info
-    from peft import PeftModel
+    from ..io.attach import load_peft_adapter
 
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise AdapterError(f"{adapter}: PEFT could not load this adapter on base {base!r}: "
-                           f"{str(e).splitlines()[0][:300]}") from None
+    # Every tensor must find its module and every configured module its tensors; known key
+    # variants (missing/doubled prefixes, adapter name in the key) are mapped, anything else refused.
+    model, _aligned, remapped = load_peft_adapter(model, adapter)
+    info["remapped_modules"] = remapped
     if merge_lora:
         model = model.merge_and_unload()
         info["merged"] = True

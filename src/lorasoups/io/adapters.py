@@ -48,10 +48,15 @@ def parse_tensor_key(wpath: Path, key: str) -> tuple[str, str]:
     if m is None:
         raise AdapterError(f"{wpath}: unexpected tensor {key!r} (not a lora_A/lora_B weight); "
                            "refusing rather than silently dropping it")
-    module = m.group("module")
-    if module.startswith(PREFIX):
+    return strip_prefix(m.group("module")), m.group("kind")
+
+
+def strip_prefix(module: str) -> str:
+    """``module`` without every leading ``base_model.model.`` (PEFT's wrapper prefix, also when a
+    file repeats it: ``base_model.model.base_model.model.model.layers.0...``)."""
+    while module.startswith(PREFIX):
         module = module[len(PREFIX):]
-    return module, m.group("kind")
+    return module
 
 
 def pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
@@ -159,9 +164,14 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
         raise AdapterError(f"{wpath}: missing adapter weights")
 
     parts: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[str, dict[str, str]] = {}
     for key, t in tensors.items():
         module, kind = parse_tensor_key(wpath, key)
+        if kind in keys.get(module, {}):
+            raise AdapterError(f"{wpath}: tensors {keys[module][kind]!r} and {key!r} are both the {kind} of "
+                               f"module {module}")
         parts.setdefault(module, {})[kind] = t
+        keys.setdefault(module, {})[kind] = key
 
     if not parts:
         raise AdapterError(f"{wpath}: no LoRA tensors found")
@@ -183,27 +193,63 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool = False, device: st
             raise AdapterError(f"{wpath}: module {module} has NaN or inf values")
         modules[module] = LoraFactors(A=A, B=B, scale=scale)
     return AdapterRecord(modules=modules, base_model=cfg.get("base_model_name_or_path"), config=cfg,
-                         source=folder, name=folder.name)
+                         source=folder, name=folder.name,
+                         tensor_keys={m: (keys[m]["lora_A"], keys[m]["lora_B"]) for m in modules})
+
+
+def pad_rank(f: LoraFactors, r: int) -> LoraFactors:
+    """``f`` with zero rows appended to A (r, d_in) and zero columns to B (d_out, r).
+
+    Exact: B·A (and so ΔW = scale·B·A) is unchanged, only the stored rank grows to ``r``.
+
+    Raises:
+        ValueError: ``r`` is smaller than ``f.r``.
+    """
+    if r < f.r:
+        raise ValueError(f"cannot pad rank {f.r} down to {r}")
+    if r == f.r:
+        return f
+    A = torch.cat([f.A, f.A.new_zeros(r - f.r, f.d_in)], dim=0)
+    B = torch.cat([f.B, f.B.new_zeros(f.d_out, r - f.r)], dim=1)
+    return LoraFactors(A=A, B=B, scale=f.scale)
+
+
+def _natural_key(m: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m))
 
 
 def build_config(modules: Mapping[str, LoraFactors], base_model: str | None,
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A PEFT ``adapter_config.json`` for factors whose scale is folded into B (scaling 1).
+    """A PEFT ``adapter_config.json`` for factors whose scale is folded into B (scaling 1), all of
+    one rank (pad with :func:`pad_rank` first).
 
-    The global ``r`` and ``lora_alpha`` are the largest rank, so consumers that ignore
-    ``rank_pattern``/``alpha_pattern`` (vLLM) still compute scaling 1 and infer ranks from the
-    tensor shapes; modules of other ranks get ``rank_pattern`` and ``alpha_pattern`` entries with
-    alpha = r, so PEFT also computes scaling 1.
+    Every reader must compute the same ΔW from the written folder:
+
+    * PEFT: scaling = lora_alpha / r per module (``rank_pattern``/``alpha_pattern`` overrides);
+    * vLLM: scaling = lora_alpha / r from the *global* ``r`` and ``lora_alpha`` only (it ignores
+      the patterns), tensors used as stored;
+    * llama.cpp (``convert_lora_to_gguf.py``): the global ``lora_alpha`` only, and at run time
+      scaling = alpha / rank where rank is read from each tensor's shape.
+
+    All three agree only when every module has the same stored rank R and r = lora_alpha = R, so
+    writers pad modules of smaller rank with zero rows/columns (exact) and this config has no
+    ``rank_pattern``/``alpha_pattern``. ``target_modules`` lists the full module paths that have
+    tensors (no ``layers_to_transform``/``exclude_modules``/regex), so PEFT creates a LoRA layer
+    for exactly those modules and no layer is left with zero B and random A.
+
+    Raises:
+        AdapterError: modules of different ranks (not padded).
     """
-    ranks = {m: f.r for m, f in modules.items()}
-    r_max = max(ranks.values())
-    rank_pattern = {re.escape(m): r for m, r in ranks.items() if r != r_max}
+    ranks = {f.r for f in modules.values()}
+    if len(ranks) != 1:
+        raise AdapterError(f"build_config needs one rank for all modules (pad with pad_rank), got {sorted(ranks)}")
+    r = ranks.pop()
     cfg: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
-        "r": r_max,
-        "lora_alpha": r_max,
+        "r": r,
+        "lora_alpha": r,
         "use_rslora": False,
         "use_dora": False,
         "lora_dropout": 0.0,
@@ -211,9 +257,10 @@ def build_config(modules: Mapping[str, LoraFactors], base_model: str | None,
         "fan_in_fan_out": False,
         "init_lora_weights": True,
         "inference_mode": True,
-        "target_modules": sorted({m.rsplit(".", 1)[-1] for m in modules}),
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": dict(rank_pattern),
+        "target_modules": sorted(modules, key=_natural_key),
+        "exclude_modules": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -227,19 +274,23 @@ def save_adapter_files(folder: Path, modules: Mapping[str, LoraFactors], base_mo
                        dtype: torch.dtype = torch.float32, extra_config: Mapping[str, Any] | None = None) -> None:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into an existing folder.
 
-    Scales are folded into B (exported scaling 1), so the file is exact for any mix of ranks,
-    alphas and rsLoRA. Not atomic on its own: use :func:`write_adapter`, or call it inside
-    :func:`lorasoups.paths.atomic_dir`.
+    Scales are folded into B (exported scaling 1) and every module is zero-padded to the largest
+    rank (:func:`pad_rank`), so PEFT, vLLM and llama.cpp read the same ΔW for any mix of ranks,
+    alphas and rsLoRA (see :func:`build_config`). Not atomic on its own: use
+    :func:`write_adapter`, or call it inside :func:`lorasoups.paths.atomic_dir`.
     """
     if not modules:
         raise AdapterError(f"{folder}: refusing to write an adapter with no modules")
+    r = max(f.r for f in modules.values())
     tensors: dict[str, torch.Tensor] = {}
+    padded: dict[str, LoraFactors] = {}
     for m, f in modules.items():
-        ff = f.folded()
+        ff = pad_rank(f.folded(), r)
+        padded[m] = ff
         tensors[f"{PREFIX}{m}.lora_A.weight"] = ff.A.to(dtype).contiguous()
         tensors[f"{PREFIX}{m}.lora_B.weight"] = ff.B.to(dtype).contiguous()
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    cfg = build_config(modules, base_model, extra_config)
+    cfg = build_config(padded, base_model, extra_config)
     (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -300,3 +351,4 @@ def describe(record: AdapterRecord) -> dict[str, Any]:
             "zero deltas": sum(1 for n in norms if n == 0.0),
         },
     }
+

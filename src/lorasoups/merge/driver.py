@@ -438,6 +438,20 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             except BaseException:
                 writer.abort()
                 raise
+            # Every reader must see the same ΔW: pad all modules to one rank (exact; see build_config).
+            r_common = max(out_ranks.values())
+            if len(set(out_ranks.values())) > 1:
+                from .stream import pad_adapter_file
+
+                unpadded = tmp / (WEIGHTS_NAME + ".unpadded")
+                (tmp / WEIGHTS_NAME).rename(unpadded)
+                kinds = {f"{PREFIX}{m}.{k}.weight": k for m in modules for k in ("lora_A", "lora_B")}
+                pad_adapter_file(unpadded, tmp / WEIGHTS_NAME, r_common, kinds)
+                unpadded.unlink()
+                say(f"module ranks {sorted(set(out_ranks.values()))} zero-padded to {r_common} "
+                    "(exact; PEFT, vLLM and llama.cpp then read the same ΔW)")
+            meta = {m: LoraFactors(A=torch.empty(r_common, 0, device="meta"), B=torch.empty(0, r_common, device="meta"))
+                    for m in meta}
             cfg = build_config(meta, base_model or base)
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         record: dict[str, Any] = {
@@ -456,6 +470,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             "inputs": inputs,
             "num_modules": len(modules),
             "output_ranks": sorted(set(out_ranks.values())),
+            "stored_rank": max(out_ranks.values()) if out_ranks else None,
             "svd": None if not errors else {
                 "rel_fro_error": {m: errors[m] for m in modules if m in errors},
                 "max_rel_fro_error": max(errors.values()),

@@ -200,3 +200,29 @@ class SafetensorsStreamWriter:
         """Close and delete the spill file (on errors)."""
         self._spill.close()
         self._spill_path.unlink(missing_ok=True)
+
+
+def pad_adapter_file(src: Path, dst: Path, r: int, key_kinds: dict[str, str]) -> None:
+    """Copy the safetensors file ``src`` to ``dst`` with every LoRA tensor zero-padded to rank ``r``
+    (lora_A (r_m, d_in) gets zero rows, lora_B (d_out, r_m) zero columns), one tensor in memory at
+    a time. B·A is unchanged (see :func:`lorasoups.io.adapters.pad_rank`).
+
+    Args:
+        key_kinds: tensor name -> ``lora_A`` or ``lora_B`` for every tensor of ``src``.
+    """
+    from safetensors import safe_open
+
+    writer = SafetensorsStreamWriter(dst)
+    try:
+        with safe_open(str(src), framework="pt") as fh:
+            for key in fh.keys():
+                t = fh.get_tensor(key)
+                if key_kinds[key] == "lora_A" and t.shape[0] < r:
+                    t = torch.cat([t, t.new_zeros(r - t.shape[0], t.shape[1])], dim=0)
+                elif key_kinds[key] == "lora_B" and t.shape[1] < r:
+                    t = torch.cat([t, t.new_zeros(t.shape[0], r - t.shape[1])], dim=1)
+                writer.add(key, t)
+        writer.close({"format": "pt"})
+    except BaseException:
+        writer.abort()
+        raise
