@@ -145,41 +145,45 @@ def configured_modules(config: Mapping[str, Any], targets: Mapping[str, tuple[in
     return {m for m in targets if bool(check_target_module_exists(lc, m))}
 
 
-def align_record(record: AdapterRecord, targets: Mapping[str, tuple[int, int]], prefix: str = "",
-                 where: str | None = None) -> AdapterRecord:
-    """``record`` with its modules renamed to the model's paths and checked against the model.
+def align_names(shapes: Mapping[str, tuple[int, int, int]], config: Mapping[str, Any],
+                targets: Mapping[str, tuple[int, int]], prefix: str, where: str,
+                keys: Mapping[str, tuple[str, str]] | None = None) -> dict[str, tuple[str, float]]:
+    """Check an adapter's modules against a model and give each its model path and scale.
 
     Checks: every tensor finds a linear module (:func:`match_modules`), its ΔW shape (d_out, d_in)
-    equals that module's, and the config targets exactly the modules that have tensors (no module
-    configured without tensors, no tensors for a module the config does not target).
-    Scales are resolved again under the model's names (``rank_pattern``/``alpha_pattern``).
+    equals that module's, the rank the config gives under the model's name (``rank_pattern``)
+    equals the tensors' rank, and the config targets exactly the modules that have tensors (no
+    module configured without tensors, no tensors for a module the config does not target).
+
+    Args:
+        shapes: file module path -> (r, d_out, d_in).
+        config: the adapter config (empty: built in code; rank and coverage checks skipped).
 
     Returns:
-        a new AdapterRecord sharing the tensors; ``tensor_keys`` keeps the file's key names.
+        file module path -> (model module path, scale resolved under that path; NaN without config).
 
     Raises:
         AdapterError: any check fails; the message names the adapter and the keys/modules.
     """
-    where = where or str(record.source or record.name)
-    keys = record.tensor_keys or {}
-    mapping = match_modules(list(record.modules), targets, prefix, where, keys)
-    modules: dict[str, LoraFactors] = {}
-    for m, f in record.modules.items():
+    mapping = match_modules(list(shapes), targets, prefix, where, keys)
+    out: dict[str, tuple[str, float]] = {}
+    for m, (r_t, d_out, d_in) in shapes.items():
         t = mapping[m]
-        if (f.d_out, f.d_in) != targets[t]:
-            raise AdapterError(f"{where}: module {t}: ΔW shape (d_out, d_in) {(f.d_out, f.d_in)} differs from the "
+        if (d_out, d_in) != targets[t]:
+            raise AdapterError(f"{where}: module {t}: ΔW shape (d_out, d_in) {(d_out, d_in)} differs from the "
                                f"base model's {targets[t]} (adapter trained on another model?)")
-        scale = f.scale
-        if record.config:
-            r, _a, scale = resolve_scale(record.config, t)
-            if r != f.r:
+        scale = float("nan")
+        if config:
+            r, _a, scale = resolve_scale(config, t)
+            if r != r_t:
                 raise AdapterError(f"{where}: module {t}: the config gives rank {r} under the model's module name "
-                                   f"but the tensors have rank {f.r}")
-        modules[t] = LoraFactors(A=f.A, B=f.B, scale=scale)
-    configured = configured_modules(record.config, targets) if record.config else None
+                                   f"but the tensors have rank {r_t}")
+        out[m] = (t, scale)
+    configured = configured_modules(config, targets) if config else None
     if configured is not None:
-        no_tensors = sorted(configured - set(modules), key=_natural_key)
-        untargeted = sorted(set(modules) - configured, key=_natural_key)
+        have = {t for t, _s in out.values()}
+        no_tensors = sorted(configured - have, key=_natural_key)
+        untargeted = sorted(have - configured, key=_natural_key)
         if no_tensors or untargeted:
             parts = []
             if no_tensors:
@@ -189,8 +193,29 @@ def align_record(record: AdapterRecord, targets: Mapping[str, tuple[int, int]], 
                 parts.append(f"{len(untargeted)} module(s) with tensors are not targeted by the config "
                              f"({_shown(untargeted)}; PEFT would drop their tensors)")
             raise AdapterError(f"{where}: adapter_config.json does not describe the tensors: " + "; ".join(parts))
+    return out
+
+
+def align_record(record: AdapterRecord, targets: Mapping[str, tuple[int, int]], prefix: str = "",
+                 where: str | None = None) -> AdapterRecord:
+    """``record`` with its modules renamed to the model's paths, after the checks of
+    :func:`align_names` (scales resolved again under the model's names).
+
+    Returns:
+        a new AdapterRecord sharing the tensors; ``tensor_keys`` keeps the file's key names.
+
+    Raises:
+        AdapterError: any check fails; the message names the adapter and the keys/modules.
+    """
+    where = where or str(record.source or record.name)
+    keys = record.tensor_keys or {}
+    shapes = {m: (f.r, f.d_out, f.d_in) for m, f in record.modules.items()}
+    names = align_names(shapes, record.config, targets, prefix, where, keys)
+    modules = {t: LoraFactors(A=record.modules[m].A, B=record.modules[m].B,
+                              scale=record.modules[m].scale if s != s else s)  # NaN: keep (no config)
+               for m, (t, s) in names.items()}
     return AdapterRecord(modules=modules, base_model=record.base_model, config=record.config, source=record.source,
-                         name=record.name, tensor_keys={mapping[m]: k for m, k in keys.items()})
+                         name=record.name, tensor_keys={names[m][0]: k for m, k in keys.items()})
 
 
 def align_to_model(record: AdapterRecord, model: torch.nn.Module, where: str | None = None) -> AdapterRecord:
@@ -198,18 +223,11 @@ def align_to_model(record: AdapterRecord, model: torch.nn.Module, where: str | N
     return align_record(record, model_linear_modules(model), str(getattr(model, "base_model_prefix", "") or ""), where)
 
 
-def check_names_without_model(record_modules: list[str], where: str) -> None:
-    """The check possible without the base model: a module path that starts at a decoder layer
-    (``layers.0.``) lacks the model's own prefix (every causal LM keeps its layers in a sub-module).
-
-    Raises:
-        AdapterError: naming such module paths.
-    """
-    bad = [m for m in record_modules if _LAYER_ROOT_RE.match(m)]
-    if bad:
-        raise AdapterError(f"{where}: module paths {_shown(bad)} start at a decoder layer and lack the model's "
-                           "prefix (e.g. 'model.'); give the base model (--base, a local folder) so they can be "
-                           "mapped, or fix the tensor names")
+def names_lacking_prefix(modules: list[str]) -> list[str]:
+    """The check possible without the base model: module paths that start at a decoder layer
+    (``layers.0.``) lack the model's own prefix (every causal LM keeps its layers in a sub-module;
+    PEFT would match none of them). Returns those paths."""
+    return [m for m in modules if _LAYER_ROOT_RE.match(m)]
 
 
 def is_canonical(record: AdapterRecord, aligned: AdapterRecord) -> bool:
@@ -295,3 +313,36 @@ def load_peft_adapter(model: torch.nn.Module, adapter: str | os.PathLike, allow_
     pm.eval()
     verify_peft_model(pm, aligned, where=str(adapter))
     return pm, aligned, remapped
+
+
+def name_checks(record: AdapterRecord, base: str | None = None) -> dict[str, Any]:
+    """Checks for ``lorasoups inspect``: do the tensors attach to the base model?
+
+    Uses ``base`` or the adapter's ``base_model_name_or_path`` when available locally
+    (:func:`base_linear_modules`); otherwise only :func:`names_lacking_prefix`.
+
+    Returns:
+        ``{"tensors attach to base model": True/False or a note, "problems": [messages]}``; a
+        non-empty ``problems`` list means evaluation would refuse this adapter.
+    """
+    ref = base or record.base_model
+    found = base_linear_modules(ref)
+    key = "tensors attach to base model"
+    if found is None:
+        bad = names_lacking_prefix(list(record.modules))
+        if bad:
+            return {key: False, "problems": [f"module paths {_shown(bad)} start at a decoder layer and lack the "
+                                             "model's prefix (PEFT would attach none of them)"]}
+        return {key: f"WARN not checked ({ref!r} not available locally; pass --base)", "problems": []}
+    targets, prefix = found
+    try:
+        aligned = align_record(record, targets, prefix)
+    except AdapterError as e:
+        return {key: False, "problems": [str(e)]}
+    remapped = sum(1 for m in record.modules if m not in aligned.modules)
+    if not is_canonical(record, aligned):
+        n = len(aligned.modules)
+        return {key: f"WARN all {n} modules attach to {ref}, but the keys are not PEFT's own spelling "
+                     f"({remapped} module paths mapped); lorasoups maps them, vanilla PEFT would drop them",
+                "problems": []}
+    return {key: True, "problems": []}

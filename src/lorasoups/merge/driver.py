@@ -185,6 +185,51 @@ def check_compatible(streams: Sequence[AdapterStream], allow_different_base: boo
     return base, sorted(seen, key=_module_sort_key)
 
 
+def align_streams(streams: Sequence[AdapterStream], base: str | None = None) -> str:
+    """Map every input's module paths onto the base model's modules, in place (issue #13 item 6).
+
+    The base model (``base``, else the first ``base_model_name_or_path``) is built on the meta device
+    from its config (:func:`lorasoups.io.attach.base_linear_modules`); known key variants (missing
+    or doubled prefixes) are renamed to the model's paths and every config must target exactly its
+    tensors (:func:`lorasoups.io.attach.align_names`). When no base model is available locally only
+    the model-free check runs (:func:`lorasoups.io.attach.names_lacking_prefix`) and its findings
+    are returned as a warning (eval and every other loader refuse unattached tensors later).
+
+    Returns:
+        a one-line summary of what was checked.
+
+    Raises:
+        AdapterError: unmatched keys (named), shape or config/tensor mismatches.
+    """
+    from ..io.attach import align_names, base_linear_modules, names_lacking_prefix
+
+    ref = base or next((s.base_model for s in streams if s.base_model), None)
+    found = base_linear_modules(ref)
+    if found is None:
+        bad = [f"{s.path}: {m}" for s in streams for m in names_lacking_prefix(list(s.modules))]
+        return (f"module names not checked against the base model ({ref!r} is not available locally; "
+                "pass --base FOLDER to check them)"
+                + (f"; WARNING: {len(bad)} module paths start at a decoder layer and lack the model's prefix, "
+                   f"e.g. {bad[0]}" if bad else ""))
+    targets, prefix = found
+    renamed = 0
+    for s in streams:
+        shapes = {m: (e.r, e.d_out, e.d_in) for m, e in s.modules.items()}
+        keys = {m: (e.key_a, e.key_b) for m, e in s.modules.items() if e.key_a}
+        names = align_names(shapes, s.config, targets, prefix, str(s.path), keys)
+        new: dict[str, Any] = {}
+        for m, e in s.modules.items():
+            t, scale = names[m]
+            e.scale = scale
+            new[t] = e
+        if s.memory is not None:
+            s.memory = {names[m][0]: LoraFactors(A=f.A, B=f.B, scale=names[m][1]) for m, f in s.memory.items()}
+        renamed += sum(1 for m in s.modules if names[m][0] != m)
+        s.modules = new
+    return (f"module names checked against base model {ref!r}: every tensor found its module"
+            + (f" ({renamed} module paths mapped from a key variant)" if renamed else ""))
+
+
 def _resolve_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         return [1.0] * n
@@ -370,6 +415,8 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         raise ConfigError(f"unsupported output dtype {dtype!r}; choose float32, float16 or bfloat16")
     streams = [open_adapter(a, allow_pickle=allow_pickle) for a in adapters]
     w = _resolve_weights(weights, len(streams))
+    name_check = align_streams(streams, base)
+    say(name_check)
     base_model, modules = check_compatible(streams, allow_different_base)
     shapes = {m: next((s.modules[m].d_out, s.modules[m].d_in) for s in streams if m in s.modules) for m in modules}
 
@@ -468,6 +515,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             "base_model": base_model,
             "base_path": str(base_path) if base_path else None,
             "inputs": inputs,
+            "module_name_check": name_check,
             "num_modules": len(modules),
             "output_ranks": sorted(set(out_ranks.values())),
             "stored_rank": max(out_ranks.values()) if out_ranks else None,

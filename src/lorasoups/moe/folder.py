@@ -232,7 +232,9 @@ def load_moe_model(base_model: Any, folder: str | os.PathLike, *, verify: bool =
 
         base_model = load_base(str(base_model))[0]
     paths = resolve_experts(folder, cfg, verify=verify)
-    experts = [read_adapter(p, allow_pickle=allow_pickle) for p in paths]
+    from ..io.attach import align_to_model
+
+    experts = [align_to_model(read_adapter(p, allow_pickle=allow_pickle), base_model) for p in paths]
     for e, entry in zip(experts, cfg["experts"]):
         e.name = entry.get("name", e.name)
     mods = sorted({m for e in experts for m in e.modules})

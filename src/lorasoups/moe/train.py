@@ -200,6 +200,10 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
         r.name = nm
     torch.manual_seed(seed)
     model, tok = load_base(base, device=dev)
+    from ..io.attach import align_to_model
+
+    # every tensor must find its module of this model (known key variants mapped), or refuse
+    records = [align_to_model(r, model) for r in records]
     n_layers = getattr(model.config, "num_hidden_layers", None)
     layer_list = parse_router_layers(router_layers, n_layers)
     modules = sorted({m for r in records for m in r.modules})

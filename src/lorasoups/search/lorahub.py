@@ -419,6 +419,10 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         r.name = nm
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
     model, tok = load_base(base, device=dev)
+    from ..io.attach import align_to_model
+
+    # every tensor must find its module of this model (known key variants mapped), or refuse
+    records = [align_to_model(r, model) for r in records]
     exs = _few_shot_examples(data, tok, examples, cutoff_len=cutoff_len, seed=seed, data_dir=data_dir)
     from ..train.data import collate
 

@@ -381,6 +381,10 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     records = _load_records(adapters, allow_pickle)
     torch.manual_seed(seed)
     model, tok = load_base(base, device=dev)
+    from ..io.attach import align_to_model
+
+    # every tensor must find its module of this model (known key variants mapped), or refuse
+    records = [align_to_model(r, model) for r in records]
     handle = attach_cat(model, records, granularity=granularity, normalize=normalize, init=init, seed=seed)
 
     # Data: the skill mix, split into train and a held-out validation part.
