@@ -206,3 +206,23 @@ def test_methods_listed_with_kinds(capsys):
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]
             if line.strip() and not line.startswith(" ")}
     assert rows["lorahub"] == "search" and rows["moe"] == "routed"
+
+
+def test_key_variant_gives_the_same_search(tiny_dir, setup):
+    """An adapter whose tensor names lack PEFT's prefix is mapped onto the model (issue #13 item 6):
+    the search and its output are those of the correctly keyed adapter."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    b2 = shutil.copytree(setup["b"], setup["root"] / "b_noprefix")
+    t = load_file(str(setup["b"] / "adapter_model.safetensors"))
+    save_file({k.replace("base_model.model.", ""): v for k, v in t.items()}, str(b2 / "adapter_model.safetensors"))
+    outs = []
+    for k, b in enumerate([setup["b"], b2]):
+        out = setup["root"] / f"variant{k}"
+        run_lorahub(str(tiny_dir), [setup["a"], b], setup["examples"], out, budget=4, examples=4, seed=1,
+                    progress=False)
+        outs.append(out)
+    assert (outs[0] / TRACE_FILE).read_text() == (outs[1] / TRACE_FILE).read_text()
+    assert (outs[0] / "adapter_model.safetensors").read_bytes() == (outs[1] / "adapter_model.safetensors").read_bytes()

@@ -121,10 +121,13 @@ def test_fused_naive_and_exported_agree(tiny_dir, adapters, tmp_path, input_ids,
     assert (ref - base).abs().max() > 1e-2  # the adapters do something
     assert (fused - ref).abs().max() <= 1e-5
     assert (exported - ref).abs().max() <= 1e-5
-    # exported: one LoRA of rank Σ r_i per module, scaling 1
+    # exported: one LoRA of rank Σ r_i per module, scaling 1, zero-padded to the largest Σ r_i so
+    # that every reader (PEFT, vLLM, llama.cpp) computes the same ΔW (issue #13 item 9)
     rec = read_adapter(out)
+    sums = {m: sum(records[i].modules[m].r for i in coefs[m]) for m in rec.modules}
     for m, f in rec.modules.items():
-        assert f.r == sum(records[i].modules[m].r for i in coefs[m]) and f.scale == 1.0
+        assert f.r == max(sums.values()) and f.scale == 1.0
+        assert not f.A[sums[m]:].any() and not f.B[:, sums[m]:].any()
 
 
 def test_only_coefficients_change(tiny_dir, adapters):
