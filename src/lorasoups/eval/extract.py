@@ -52,7 +52,7 @@ def normalize_number_text(text: str) -> str:
     ``\\boxed{..}`` is kept (strict extraction looks for it).
     """
     t = str(text or "")
-    if "\\" not in t and "{" not in t and not re.search(r"[\u00a0\u2009\u202f\u2007]|\$\$", t):
+    if "\\" not in t and "{" not in t and not re.search(r"[\u00a0\u2009\u202f\u2007]|\$\$|\d~\d", t):
         return t
     t = t.replace("\\$", "$").replace("\\%", "%")
     for _ in range(4):  # nested wrappers, innermost first
