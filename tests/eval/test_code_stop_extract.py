@@ -213,3 +213,9 @@ def test_hf_generator_applies_one_stop_rule_per_prompt(tiny):
     assert len(calls) < 12  # and the row left the batch once cut
     with pytest.raises(ValueError):
         g.generate(prompts, 2, (), [None])
+
+
+def test_later_blocks_are_not_used():
+    text = ("```python\ndef solution():\n    return 1\n```\nAnother way:\n```python\nimport not_installed_module\n"
+            "def helper():\n    return 2\n```")
+    assert extract_code(text, "solution")[0] == "def solution():\n    return 1\n"

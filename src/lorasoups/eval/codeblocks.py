@@ -229,11 +229,12 @@ def definitions_only(code: str, skip: set[str] = frozenset()) -> str:  # type: i
 
 
 def _with_context(blocks: Sequence[Block], i: int) -> str:
-    """Block ``i``'s code, preceded by the imports and definitions of the other blocks (helpers and
-    imports a model put in a separate fence); the chosen block's own definitions win."""
+    """Block ``i``'s code, preceded by the imports and definitions of the blocks before it (helpers
+    and imports a model put in an earlier fence); the chosen block's own definitions win. Later
+    blocks are left out: generation stops at the chosen block (:class:`StopAfterDefinition`)."""
     main = textwrap.dedent(blocks[i].code).strip("\n")
     own = defined_names(main)
-    ctx = [d for j, b in enumerate(blocks) if j != i for d in [definitions_only(b.code, own)] if d.strip()]
+    ctx = [d for b in blocks[:i] for d in [definitions_only(b.code, own)] if d.strip()]
     return "\n\n".join(ctx + [main]) + "\n"
 
 
@@ -252,8 +253,9 @@ def extract_code(text: str, must_define: str | Sequence[str] | None = None, *,
        ``import`` line.
 
     A block chosen by rule 1 or 3 gets the imports, definitions and call-free assignments of the
-    completion's other blocks prepended (example calls, prints and asserts in those blocks are
-    dropped), so a program split over several fences runs as one.
+    blocks before it prepended (example calls, prints and asserts in those blocks are dropped), so
+    a program split over several fences runs as one; later blocks are not used (generation stops
+    at the chosen block).
 
     Returns:
         ``(code, how)`` where ``how`` is ``fenced``, ``unfenced`` or the reason for ``None``:
