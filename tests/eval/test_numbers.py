@@ -127,3 +127,25 @@ def test_math_code_reads_a_returned_latex_string_and_printed_numbers():
     assert t.score(item, "", ok, "code")["scores"]["exec_acc"] == 1.0
     printed = SimpleNamespace(status="ok", error=None, stdout="Total: $9{,}500\n", value={"number": None, "str": None})
     assert t.score(item, "", printed, "code")["scores"]["exec_acc_printed"] == 1.0
+
+
+@pytest.mark.parametrize("text,val", [
+    ("The answer is 2.0107e-06.", 2.0107e-06),            # Python's repr of GSM-Hard's small answers
+    ("The answer is -2.4967e-05", -2.4967e-05),
+    ("The answer is 1.5E3.", 1500.0),
+    (r"The answer is 1.5 \times 10^{3}.", 1500.0),
+    (r"\boxed{2.5 \cdot 10^{-3}}", 0.0025),
+    ("The answer is 12.5×10^3", 12500.0),
+])
+def test_scientific_notation(text, val):
+    assert strict_number(text) == pytest.approx(val) and last_number(text) == pytest.approx(val)
+
+
+def test_templated_gold_answers_score_1_on_every_math_words_task():
+    # the likelihood templates ("The answer is n.", n in Python's repr) read back as the gold answer
+    from lorasoups.eval.registry import format_number
+
+    for gold in [2.0107e-06, -2.4967e-05, 5.158e-07, 1e16, 3431580.0, -12.5, 0.125]:
+        text = f"The answer is {format_number(gold)}."
+        assert strict_number(text) == pytest.approx(gold, rel=1e-12)
+        assert last_number(text) == pytest.approx(gold, rel=1e-12)

@@ -25,6 +25,8 @@ _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}"
 _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 # a separator between digit groups: 9\,500  9\ 500  9~500  9 500 (no-break / thin spaces)
 _GROUP_SPACE_RE = re.compile(r"(?<=\d)(?:\\[,!; ]|~|[\u00a0\u2009\u202f\u2007])(?=\d{3}(?!\d))")
+# scientific notation: 1.5 \times 10^{3}, 1.5 \cdot 10^3, 1.5×10^-3
+_TIMES_TEN_RE = re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|·)\s*10\s*\^\s*\{?\s*([-−+]?)\s*(\d+)\s*\}?")
 _LATEX_SPACE_RE = re.compile(r"\\(?:[,;:! ]|quad\b|qquad\b)")
 _LATEX_DROP_RE = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])|\$\$|\\[()\[\]]")
 
@@ -46,13 +48,14 @@ def normalize_number_text(text: str) -> str:
     ``\\$`` -> ``$``, ``\\%`` -> ``%``; ``\\text{..}``, ``\\textbf{..}``, ``\\mathrm{..}``,
     ``\\mbox{..}``, ``\\num{..}`` (and similar) -> their content; ``{,}`` -> ``,`` and ``{.}`` ->
     ``.``; ``\\frac{a}{b}`` / ``\\dfrac`` / ``\\tfrac`` / ``\\frac12`` -> ``a/b``; a mixed number
-    ``1\\frac{1}{2}`` -> ``1.5``; ``\\,``, ``\\ ``, ``~`` or a no-break/thin space between a digit
-    and a group of exactly three digits (``9\\,500``) -> nothing; other LaTeX spacing -> a space;
+    ``1\\frac{1}{2}`` -> ``1.5``; ``1.5 \\times 10^{3}`` / ``1.5×10^3`` -> ``1.5e3``;
+    ``\\,``, ``\\ ``, ``~`` or a no-break/thin space between a digit and a group of exactly three
+    digits (``9\\,500``) -> nothing; other LaTeX spacing -> a space;
     ``\\left``/``\\right``, ``$$`` and the delimiters ``\\( \\) \\[ \\]`` -> removed.
     ``\\boxed{..}`` is kept (strict extraction looks for it).
     """
     t = str(text or "")
-    if "\\" not in t and "{" not in t and not re.search(r"[\u00a0\u2009\u202f\u2007]|\$\$|\d~\d", t):
+    if "\\" not in t and "{" not in t and not re.search(r"[\u00a0\u2009\u202f\u2007×·]|\$\$|\d~\d", t):
         return t
     t = t.replace("\\$", "$").replace("\\%", "%")
     for _ in range(4):  # nested wrappers, innermost first
@@ -69,6 +72,7 @@ def normalize_number_text(text: str) -> str:
         t = t2
     t = _FRAC_SHORT_RE.sub(r"\1/\2", t)
     t = _GROUP_SPACE_RE.sub("", t)
+    t = _TIMES_TEN_RE.sub(lambda m: m.group(1) + "e" + ("-" if m.group(2) in ("-", "−") else "") + m.group(3), t)
     t = _LATEX_SPACE_RE.sub(" ", t)
     t = _LATEX_DROP_RE.sub(" ", t)
     return t
@@ -89,10 +93,11 @@ def boxed_contents(text: str) -> list[tuple[int, str]]:
 
 # A number: a sign (ASCII, Unicode minus or plus) and/or a currency sign on either side of each
 # other, then digits with comma thousands separators, plain digits, optional decimals, a bare
-# decimal (".5") or a fraction ("3/4"; not part of a date like 12/25/2023).
+# decimal (".5"), either with an exponent ("2.0107e-06", as Python prints GSM-Hard's small
+# answers), or a fraction ("3/4"; not part of a date like 12/25/2023).
 _SIGN = "[-−+]"
 _CUR = "[$€£]"
-_PLAIN = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+_PLAIN = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?)"
 _FRAC = r"(?<![/\d])\d+/\d+(?![/\d])"
 _NUM = rf"(?:{_SIGN}{_CUR}?[ \t]?|{_CUR}[ \t]?{_SIGN}?)?(?:{_FRAC}|{_PLAIN})"
 NUMBER_RE = re.compile(rf"(?<![\w.]){_NUM}(?!\d)")
