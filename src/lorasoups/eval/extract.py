@@ -26,7 +26,8 @@ _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 # a separator between digit groups: 9\,500  9\ 500  9~500  9 500 (no-break / thin spaces)
 _GROUP_SPACE_RE = re.compile(r"(?<=\d)(?:\\[,!; ]|~|[\u00a0\u2009\u202f\u2007])(?=\d{3}(?!\d))")
 # scientific notation: 1.5 \times 10^{3}, 1.5 \cdot 10^3, 1.5×10^-3
-_TIMES_TEN_RE = re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|·)\s*10\s*\^\s*\{?\s*([-−+]?)\s*(\d+)\s*\}?")
+_TIMES_TEN_RE = re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|·)\s*"
+                           r"10\s*\^\s*\{?\s*([-−+]?)\s*(\d+)\s*\}?")
 _LATEX_SPACE_RE = re.compile(r"\\(?:[,;:! ]|quad\b|qquad\b)")
 _LATEX_DROP_RE = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])|\$\$|\\[()\[\]]")
 
