@@ -5,7 +5,7 @@ import pytest
 from lorasoups.eval.extract import (code_blocks, extract_code, extract_count, last_number, numbers_close,
                                     parse_number, strict_number)
 from lorasoups.eval.metrics import (exact_match, mean_stderr, normalize_answer, paired_compare, paired_difference,
-                                    rouge_l, spread, token_f1)
+                                    rouge_l_squad, spread, token_f1)
 from lorasoups.eval.runner import derangement
 
 
@@ -61,7 +61,7 @@ def test_extract_count():
     assert extract_count("the correct answer is 3") == 3
     assert extract_count("Answer: two") == 2
     assert extract_count("There are 4 words, so 4") == 4
-    assert extract_count("none") is None
+    assert extract_count("none") == 0 and extract_count("I cannot tell.") is None
 
 
 def test_text_scores_squad_style():
@@ -70,8 +70,8 @@ def test_text_scores_squad_style():
     assert token_f1("cat sat on mat", "the cat sat") == pytest.approx(2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2))
     assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
     # LCS of [x y z w] and [x z w] is 3: P = 3/4, R = 1 (the article "a" is dropped by normalisation)
-    assert rouge_l("x y z w", "a x z w") == pytest.approx(2 * 0.75 / 1.75)
-    assert rouge_l("y x", "x y") == pytest.approx(0.5)
+    assert rouge_l_squad("x y z w", "a x z w") == pytest.approx(2 * 0.75 / 1.75)
+    assert rouge_l_squad("y x", "x y") == pytest.approx(0.5)
 
 
 def test_mean_stderr_and_paired():

@@ -110,6 +110,8 @@ def test_qa_scores(fake_data, tiny_dir):
     # QA1: 2 of 2 predicted tokens match, 2 of 5 gold tokens -> F1 = 2*1*0.4/1.4
     assert m["f1"]["value"] == pytest.approx((1 + 2 * 0.4 / 1.4 + 0) / 3)
     assert m["rouge_l"]["value"] == pytest.approx((1 + 2 * 0.4 / 1.4 + 0) / 3)
+    # the SQuAD-normalised variant: the same here except the empty answer (0 in both)
+    assert m["rouge_l_squad"]["value"] == pytest.approx((1 + 2 * 0.4 / 1.4 + 0) / 3)
 
 
 def test_prompt_formats_catches_a_constant_answer(fake_data, tiny_dir):
@@ -150,7 +152,7 @@ def test_stop_strings_and_pal_gold(fake_data):
 
     t = get_task("gsm_hard")
     text = "Let’s go:\n```\ndef solution():\n    return 1\n```\nMore text ```x```"
-    cut, stopped = truncate_at_stop(text, (), t.stop_regex)
+    cut, stopped = truncate_at_stop(text, (), t.stop_rule(t.load_items(fake_data)[0]))
     assert stopped and cut.endswith("return 1\n```")
     assert truncate_at_stop("abc STOP def", ["STOP"]) == ("abc ", True)
     items = t.load_items(fake_data)

@@ -17,7 +17,7 @@
   - ``copy`` (fallback): the prefix keys/values are copied into each batch's ``DynamicCache``
     (``DynamicCache(ddp_cache_data=...)`` concatenates them into fresh tensors, so the stored
     prefix is never modified);
-* finished rows (end-of-turn token, a stop string, a stop pattern, the token budget) leave the
+* finished rows (end-of-turn token, a stop string, the prompt's stop rule, the token budget) leave the
   batch (``Cache.batch_select_indices``), so long completions do not carry short ones;
 * bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled; the output
   projection runs in fp32 on the positions actually used (the next token; the scored answer
@@ -42,17 +42,24 @@ import inspect
 import re
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 from ..errors import ConfigError, ModelError
 from ..prompts import IGNORE_INDEX, encode_pair
 
 
+StopRule = Union[str, Callable[[str], Union[int, None]], None]
+"""When a completion is complete: a regex (the completion ends after its first match), a callable
+``text -> end offset | None`` (the completion ends at the offset it returns, e.g.
+:class:`lorasoups.eval.codeblocks.StopAfterDefinition`), or None (no rule)."""
+
+
 class Generator(Protocol):
-    """What the runner needs from a backend."""
+    """What the runner needs from a backend. ``stop_rule`` is one :data:`StopRule` for every
+    prompt or a sequence with one per prompt."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 stop_regex: str | None = None) -> list[str]: ...
+                 stop_rule: StopRule | Sequence[StopRule] = None) -> list[str]: ...
 
     def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]: ...
 
@@ -71,8 +78,9 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def truncate_at_stop(text: str, stop: Sequence[str] = (), stop_regex: str | None = None) -> tuple[str, bool]:
-    """Cut ``text`` before the first stop string or after the first ``stop_regex`` match.
+def truncate_at_stop(text: str, stop: Sequence[str] = (), stop_rule: StopRule = None) -> tuple[str, bool]:
+    """Cut ``text`` before the first stop string, or where ``stop_rule`` ends it (after the first
+    match of a regex; at the offset a callable returns), whichever comes first.
 
     Returns ``(text, stopped)``.
     """
@@ -82,13 +90,31 @@ def truncate_at_stop(text: str, stop: Sequence[str] = (), stop_regex: str | None
             i = text.find(s)
             if i >= 0 and (cut is None or i < cut):
                 cut = i
-    if stop_regex:
-        m = re.search(stop_regex, text)
-        if m and (cut is None or m.end() < cut):
-            cut = m.end()
+    end = None
+    if callable(stop_rule):
+        end = stop_rule(text)
+    elif stop_rule:
+        m = re.search(stop_rule, text)
+        end = m.end() if m else None
+    if end is not None and (cut is None or end < cut):
+        cut = end
     if cut is None:
         return text, False
     return text[:cut], True
+
+
+def per_prompt_rules(stop_rule: StopRule | Sequence[StopRule], n: int) -> list[StopRule]:
+    """One stop rule per prompt: ``stop_rule`` repeated, or checked to have ``n`` entries.
+
+    Raises:
+        ValueError: a sequence of rules whose length is not ``n``.
+    """
+    if stop_rule is None or isinstance(stop_rule, str) or callable(stop_rule):
+        return [stop_rule] * n
+    rules = list(stop_rule)
+    if len(rules) != n:
+        raise ValueError(f"{len(rules)} stop rules for {n} prompts; give one rule or one per prompt")
+    return rules
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -110,16 +136,29 @@ class CannedGenerator:
     Args:
         completions: a list (returned in call order, cycling per call) or a dict prompt-substring
             -> completion (the first key found in the prompt wins), or a callable prompt -> text.
+        apply_stops: cut each canned text with the call's stop strings and stop rules, as a model
+            that would have written the whole text stops (:func:`truncate_at_stop`; a rule gives
+            the same cut on a finished text as token by token).
     """
 
-    def __init__(self, completions: Any):
+    def __init__(self, completions: Any, apply_stops: bool = False):
         self.completions = completions
+        self.apply_stops = apply_stops
         self.calls: list[list[str]] = []
+        self.stop_rules: list[list[StopRule]] = []
         self.stats: dict[str, float] = {}
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 0, stop: Sequence[str] = (),
-                 stop_regex: str | None = None) -> list[str]:
+                 stop_rule: StopRule | Sequence[StopRule] = None) -> list[str]:
         self.calls.append(list(prompts))
+        rules = per_prompt_rules(stop_rule, len(prompts))
+        self.stop_rules.append(rules)
+        out = self._canned(prompts)
+        if self.apply_stops:
+            out = [truncate_at_stop(t, stop, r)[0] for t, r in zip(out, rules)]
+        return out
+
+    def _canned(self, prompts: Sequence[str]) -> list[str]:
         out = []
         for i, p in enumerate(prompts):
             c = self.completions
@@ -439,13 +478,15 @@ class HFGenerator:
 
     # ---- generation --------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 stop_regex: str | None = None) -> list[str]:
+                 stop_rule: StopRule | Sequence[StopRule] = None) -> list[str]:
         """Greedy completions of ``prompts`` (text after the prompt, special tokens removed,
-        cut at the first stop string / after the first ``stop_regex`` match)."""
+        cut at the first stop string or where the prompt's stop rule ends it; ``stop_rule``: one
+        :data:`StopRule` or one per prompt). A row stops as soon as its decoded text is cut."""
         t0 = time.perf_counter()
         enc = [self.encode(p) for p in prompts]
         if not enc:
             return []
+        rules = per_prompt_rules(stop_rule, len(enc))
         out: list[str | None] = [None] * len(enc)
         head = self._plain_head()
         self._head32 = None if head is None else (head.weight.detach().float(),
@@ -456,7 +497,8 @@ class HFGenerator:
             order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
-                texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop, stop_regex)
+                texts = self._generate_batch([enc[i][P:] for i in idx], P, kv, max_new_tokens, stop,
+                                             [rules[i] for i in idx])
                 for i, t in zip(idx, texts):
                     out[i] = t
         self._head32 = None
@@ -477,7 +519,7 @@ class HFGenerator:
             return torch.nn.functional.linear(out_last.float(), w, b).argmax(-1)  # (B, V) -> (B,)
 
     def _generate_batch(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, max_new: int,
-                        stop: Sequence[str], stop_regex: str | None) -> list[str]:
+                        stop: Sequence[str], rules: Sequence[StopRule]) -> list[str]:
         import torch
 
         B = len(suffixes)
@@ -497,7 +539,7 @@ class HFGenerator:
                     continue
                 gen[b].append(t)
                 text = self.tok.decode(gen[b], skip_special_tokens=True)
-                cut, stopped = truncate_at_stop(text, stop, stop_regex)
+                cut, stopped = truncate_at_stop(text, stop, rules[b])
                 texts[b] = cut
                 if stopped or len(gen[b]) >= max_new:
                     continue
@@ -599,7 +641,9 @@ class VLLMGenerator:
         self.stats = {"generated_tokens": 0, "generate_s": 0.0}
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 stop_regex: str | None = None) -> list[str]:
+                 stop_rule: StopRule | Sequence[StopRule] = None) -> list[str]:
+        """Greedy completions; stop strings end generation in vLLM, stop rules cut the finished
+        texts (the same cut as token by token, see :class:`CannedGenerator`)."""
         from vllm import SamplingParams
 
         t0 = time.perf_counter()
@@ -608,10 +652,10 @@ class VLLMGenerator:
         reqs = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         res = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=False)
         out = []
-        for r in res:
+        for r, rule in zip(res, per_prompt_rules(stop_rule, len(prompts))):
             o = r.outputs[0]
             self.stats["generated_tokens"] += len(o.token_ids)
-            out.append(truncate_at_stop(o.text, stop, stop_regex)[0])
+            out.append(truncate_at_stop(o.text, stop, rule)[0])
         self.stats["generate_s"] += time.perf_counter() - t0
         return out
 
@@ -643,4 +687,4 @@ def check_backend(name: str) -> str:
 
 
 __all__ = ["Generator", "HFGenerator", "VLLMGenerator", "CannedGenerator", "cpu_supports_bf16",
-           "truncate_at_stop", "common_prefix_len", "ModelError"]
+           "truncate_at_stop", "per_prompt_rules", "StopRule", "common_prefix_len", "ModelError"]

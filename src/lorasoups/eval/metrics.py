@@ -9,7 +9,14 @@ per-item differences and the standard error of that mean (items are matched by i
 Text scores follow the SQuAD v1.1 evaluation script's definitions (Rajpurkar et al., 2016):
 normalisation = lower-case, drop punctuation, drop the articles a/an/the, collapse whitespace;
 token F1 = harmonic mean of token precision and recall with multiset overlap; exact match = equal
-normalised strings. ROUGE-L is the LCS-based F-measure (Lin, 2004) with beta = 1 on normalised tokens.
+normalised strings.
+
+ROUGE-L (Lin, 2004): the F-measure (beta = 1) of the longest common subsequence of tokens.
+``rouge_l`` is computed by the ``rouge-score`` package (Google's reimplementation of the ROUGE
+toolkit, the one other evaluations use): tokens are the lower-cased runs of ``[a-z0-9]`` (all other
+characters, including non-ASCII letters, separate tokens), articles are kept, no stemming.
+``rouge_l_squad`` is the same F-measure on SQuAD-normalised tokens (the ``token_f1``
+normalisation: articles and punctuation dropped, other characters kept), for comparison with F1.
 """
 
 from __future__ import annotations
@@ -136,8 +143,34 @@ def _lcs_len(a: Sequence[str], b: Sequence[str]) -> int:
     return prev[-1]
 
 
-def rouge_l(pred: str, gold: str) -> float:
-    """ROUGE-L F-measure (beta = 1) from the longest common subsequence of normalised tokens."""
+_ROUGE_SCORERS: dict[bool, Any] = {}
+
+
+def rouge_l(pred: str, gold: str, use_stemmer: bool = False) -> float:
+    """ROUGE-L F-measure as the ``rouge-score`` package computes it:
+    ``RougeScorer(["rougeL"], use_stemmer).score(gold, pred)["rougeL"].fmeasure``.
+
+    Tokens: lower-case, every character outside ``[a-z0-9]`` separates tokens (articles and
+    numbers kept; non-ASCII letters dropped); Porter stemming only with ``use_stemmer``. 0.0 when
+    either side has no token. Lin (2004), Sec. 3.1 (ROUGE-L, beta = 1).
+
+    Raises:
+        ImportError: the ``rouge-score`` dependency is not installed.
+    """
+    scorer = _ROUGE_SCORERS.get(bool(use_stemmer))
+    if scorer is None:
+        try:
+            from rouge_score import rouge_scorer
+        except ImportError as e:  # a declared dependency; say how to get it
+            raise ImportError("rouge_l needs the rouge-score package: pip install rouge-score") from e
+        scorer = _ROUGE_SCORERS[bool(use_stemmer)] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    return float(scorer.score(gold or "", pred or "")["rougeL"].fmeasure)
+
+
+def rouge_l_squad(pred: str, gold: str) -> float:
+    """ROUGE-L F-measure (beta = 1) from the longest common subsequence of SQuAD-normalised tokens
+    (:func:`normalize_answer`: lower-case, punctuation and articles dropped); 1.0 when both are
+    empty, 0.0 when only one is. Not the ``rouge-score`` value (see :func:`rouge_l`)."""
     p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
     if not p or not g:
         return float(p == g)

@@ -93,7 +93,9 @@ class Task:
         default_shots / max_shots: few-shot demos used by default / available.
         max_new_tokens: default generation budget.
         stop: strings that end a completion (the text from the stop string on is dropped).
-        stop_regex: a pattern that ends a completion after its match (e.g. a closed code fence).
+        stop_regex: a pattern that ends a completion after its match (every item; see
+            :meth:`stop_rule` for rules that depend on the item).
+        stop_note: how completions end, in words (written to ``results.json``).
         timeout_s: per-program wall-clock limit in the sandbox.
         likelihood_note: why there is no gold-answer likelihood, when there is none (then the
             task's items have no ``gold_text``).
@@ -112,6 +114,7 @@ class Task:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     stop_regex: str | None = None
+    stop_note: str | None = None
     system: str | None = None
     timeout_s: float = 5.0
     likelihood_note: str | None = None
@@ -139,6 +142,12 @@ class Task:
 
     def render(self, tokenizer: Any, item: Item, demos: Sequence[Demo] = ()) -> str:
         return render_fewshot(tokenizer, item.instruction, item.input, demos, system=self.system)
+
+    def stop_rule(self, item: Item) -> Any:
+        """When the completion for ``item`` is complete (a :data:`lorasoups.eval.generate.StopRule`:
+        regex, callable ``text -> end offset | None``, or None). Default: :attr:`stop_regex`.
+        Code tasks stop only once a closed code block defines what the task calls."""
+        return self.stop_regex
 
     # -- scoring ----------------------------------------------------------------------------
     def program(self, item: Item, completion: str) -> tuple[Any, str | None, str]:

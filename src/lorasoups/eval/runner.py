@@ -263,7 +263,7 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
             if generating:
                 _log(opts, f"{t.name}: generating {len(items)} completions (max {max_new} new tokens, {k} shots)")
                 before = dict(getattr(generator, "stats", {}) or {})
-                completions = list(generator.generate(prompts, max_new, t.stop, t.stop_regex))
+                completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
                 after = getattr(generator, "stats", {}) or {}
                 for key in ("generated_tokens", "generate_s"):
                     if key in after:
@@ -342,7 +342,7 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
                 "metrics": metrics, "notes": notes,
                 "options": {"shots": k, "max_new_tokens": max_new if generating else None,
                             "timeout_s": (opts["timeout_s"] or t.timeout_s) if t.executes_code else None,
-                            "stop": list(t.stop), "stop_regex": t.stop_regex},
+                            "stop": list(t.stop), "stop_regex": t.stop_regex, "stop_rule": t.stop_note},
                 "generation": gen_stats, "wall_s": round(time.time() - t0, 2),
             }
             if have_text and t.executes_code:

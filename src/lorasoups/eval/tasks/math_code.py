@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..codeblocks import StopAfterDefinition
 from ..extract import extract_code, last_number, numbers_close, parse_number
 from ..registry import Demo, Item, Task, format_number, load_records, register_task, require
 from ..sandbox import Program
@@ -51,12 +52,12 @@ class MathCodeTask(Task):
     default_shots = 4
     max_shots = 8
     max_new_tokens = 320
-    stop_regex = r"```[^\n]*\n[\s\S]*?\n[ \t]*```"
+    stop_note = "after the first closed code block that defines solution()"
     timeout_s = 5.0
     score_metrics = ("exec_acc", "exec_acc_rel", "exec_acc_printed", "extract_failed", "raised", "timed_out",
                      "no_return")
 
-    def __init__(self, name: str, dataset: str, description: str, version: str = "1"):
+    def __init__(self, name: str, dataset: str, description: str, version: str = "2"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version
         if dataset != "gsm_hard":
             self.likelihood_note = (f"no gold program for {name}; gold-answer likelihood is reported by "
@@ -89,7 +90,13 @@ class MathCodeTask(Task):
             items.append(Item(f"{self.name}-{i}", f"{q.strip()}\n\n{DIRECTIVE}", None, gold, gold_text))
         return items
 
+    def stop_rule(self, item: Item) -> StopAfterDefinition:
+        """Generation ends once a closed code block defines ``solution()`` (an import-only block or
+        an example before it does not end the completion)."""
+        return StopAfterDefinition("solution")
+
     def program(self, item: Item, completion: str) -> tuple[Program | None, str | None, str]:
+        # the block that defines solution(), with imports/helpers from the completion's other blocks
         code, how = extract_code(completion, must_define="solution")
         if code is None:
             return None, None, how

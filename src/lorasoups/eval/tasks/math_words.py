@@ -6,6 +6,8 @@ Two extractions (per-item scores):
                     answer within 1e-3;
   ``acc_flexible``  the last number in the completion does;
   ``no_number``     the completion has no number at all.
+Numbers are read as models write them (:mod:`lorasoups.eval.extract`): ``$9,500``,
+``\\$9{,}500``, ``9\\,500``, ``\\boxed{9500 \\text{ dollars}}``, ``\\frac{3}{4}``, ``3/4``, signs.
 Optional few-shot demos are the first GSM8K *train* solutions (catalogue ``gsm8k``).
 
 Gold-answer likelihood: GSM8K's worked solution (ending ``#### n``) for ``gsm8k_words``; a
@@ -31,7 +33,7 @@ class MathWordsTask(Task):
     max_new_tokens = 320
     score_metrics = ("acc_strict", "acc_flexible", "no_number")
 
-    def __init__(self, name: str, dataset: str, description: str, version: str = "1"):
+    def __init__(self, name: str, dataset: str, description: str, version: str = "2"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version
 
     def load_demos(self, data_dir: str | Path | None = None, shots: int | None = None) -> list[Demo]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..codeblocks import StopAfterDefinition, called_functions, top_level_names
 from ..extract import extract_code
 from ..registry import Demo, Item, Task, load_records, register_task, require
 from ..sandbox import Program
@@ -37,14 +38,14 @@ def mbpp_response(code: str) -> str:
 
 class MBPPTask(Task):
     name = "mbpp"
-    version = "1"
+    version = "2"
     kind = "code"
     description = "MBPP test split (500): pass@1 of the test asserts, run in the sandbox"
     executes_code = True
     default_shots = 3
     max_shots = 3
     max_new_tokens = 384
-    stop_regex = r"```[^\n]*\n[\s\S]*?\n[ \t]*```"
+    stop_note = "after the first closed code block by which the completion defines every function the tests call"
     timeout_s = 10.0
     score_metrics = ("pass_at_1", "extract_failed", "failed_assert", "raised", "timed_out")
 
@@ -77,8 +78,25 @@ class MBPPTask(Task):
                               meta={"setup": _lf(r.get("test_setup_code", "")), "task_id": t}))
         return items
 
+    @staticmethod
+    def entry_points(item: Item) -> list[str]:
+        """The functions (and classes) the item's asserts call, the tested function first; builtins
+        and names the set-up code binds are left out (unless the asserts call only builtins: MBPP
+        task 126 tests its own ``sum``). Empty when the asserts do not parse."""
+        try:
+            return called_functions("\n".join(item.gold), exclude=top_level_names(item.meta.get("setup", "") or ""))
+        except SyntaxError:
+            return []
+
+    def stop_rule(self, item: Item) -> StopAfterDefinition | None:
+        """Generation ends once closed code blocks define the function(s) the asserts call."""
+        names = self.entry_points(item)
+        return StopAfterDefinition(names) if names else None
+
     def program(self, item: Item, completion: str) -> tuple[Program | None, str | None, str]:
-        code, how = extract_code(completion)
+        # the block that defines the tested function (with imports/helpers from other blocks),
+        # else the first block that defines anything, else the first block
+        code, how = extract_code(completion, must_define=self.entry_points(item) or None, fallback=True)
         if code is None:
             return None, None, how
         full = code + "\n\n" + item.meta.get("setup", "") + "\n" + "\n".join(item.gold) + "\n"

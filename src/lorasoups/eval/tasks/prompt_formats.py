@@ -9,6 +9,13 @@ frequent prediction), ``gold_majority_rate`` (accuracy of always answering the m
 count) and ``acc_class<k>`` (accuracy on items whose gold count is k) expose that.
 ``--limit`` applies per format. Gold-answer likelihood: the release's ``output``
 (``the correct answer is k``).
+
+The count of a reply is its **last** number (:func:`lorasoups.eval.extract.extract_count`), the
+rule of the LoRA Soups release (its evaluation reads the last run of digits of the reply): ``the
+correct answer is 3`` and ``The sentence has 11 words and 3 of them contain the letter 'o'`` both
+give 3. Beyond the release: number words (``zero`` .. ``twenty``, ``none``) count, and quoted text
+(the echoed sentence, quoted letters or words) is skipped when the reply has a number outside it.
+Before version 2 the first number was taken, which scored such replies 0.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ FORMATS = (3, 7, 8, 10)
 
 class PromptFormatsTask(Task):
     name = "prompt_formats"
-    version = "1"
+    version = "2"
     kind = "prompt_formats"
     description = "Prompt formats 3, 7, 8, 10 (4 x 417): count accuracy per format, spread, per-class and majority rates"
     default_shots = 0

@@ -3,8 +3,10 @@ and reading comprehension with the context in the prompt (``rc_bio``) — LoRA S
 
 The prompt is the question (``rc_bio``: the release's instruction, which contains the context and
 the question) in the training format, zero-shot. A leading ``The correct answer is`` (the release's
-response style) is removed from the completion before scoring. Per-item scores, SQuAD-normalised
-(see :mod:`lorasoups.eval.metrics`): ``f1`` (token F1), ``rouge_l``, ``exact_match``.
+response style) is removed from the completion before scoring. Per-item scores (see
+:mod:`lorasoups.eval.metrics`): ``f1`` (SQuAD token F1), ``exact_match`` (SQuAD), ``rouge_l``
+(ROUGE-L F-measure computed by the ``rouge-score`` package) and ``rouge_l_squad`` (the same
+F-measure on SQuAD-normalised tokens).
 Gold-answer likelihood: the ``answer`` field.
 """
 
@@ -14,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..metrics import exact_match, rouge_l, token_f1
+from ..metrics import exact_match, rouge_l, rouge_l_squad, token_f1
 from ..registry import Item, Task, load_records, register_task, require
 
 _LEAD = re.compile(r"^\s*(?:the\s+)?(?:correct\s+)?answer\s*(?:is|:)\s*:?\s*", re.I)
@@ -31,9 +33,9 @@ class QATask(Task):
     default_shots = 0
     max_shots = 0
     max_new_tokens = 128
-    score_metrics = ("f1", "rouge_l", "exact_match")
+    score_metrics = ("f1", "rouge_l", "rouge_l_squad", "exact_match")
 
-    def __init__(self, name: str, dataset: str, kind: str, description: str, version: str = "1"):
+    def __init__(self, name: str, dataset: str, kind: str, description: str, version: str = "2"):
         self.name, self.dataset, self.kind, self.description, self.version = name, dataset, kind, description, version
 
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
@@ -50,7 +52,7 @@ class QATask(Task):
     def score(self, item: Item, completion: str, exec_result: Any = None, extracted: Any = None) -> dict[str, Any]:
         pred = clean_prediction(completion)
         s = {"f1": token_f1(pred, item.gold), "rouge_l": rouge_l(pred, item.gold),
-             "exact_match": exact_match(pred, item.gold)}
+             "rouge_l_squad": rouge_l_squad(pred, item.gold), "exact_match": exact_match(pred, item.gold)}
         return {"extracted": pred, "gold": item.gold, "status": "empty" if not pred else "answered", "scores": s}
 
 
