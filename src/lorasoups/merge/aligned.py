@@ -24,8 +24,9 @@ from .ties import ties
 INNER_MERGES = ("linear", "ties", "dare_ties", "dare_linear")
 # Rounding level of fp32 inputs seen through fp64 bases. Singular values ≤ RANK_RTOL · σ_1 are
 # numerically zero: their directions are dropped from a basis (loss ≤ RANK_RTOL · sqrt(k) relative).
-# Coordinates with |x| ≤ RANK_RTOL · max|X_i| are set to exact zeros before the inner merge, so that
-# TIES's disjoint mean does not count rounding noise as an agreeing entry.
+# Coordinates with |x| ≤ RANK_RTOL · max_i max|X_i| (the largest coordinate of any adapter) are set
+# to exact zeros before the inner merge, so that TIES's disjoint mean does not count rounding noise
+# (e.g. the coordinates of a ΔW_i = 0) as an agreeing entry.
 RANK_RTOL = 1e-6
 
 
@@ -83,12 +84,11 @@ def inner_merge(stack: torch.Tensor, weights: Sequence[float], inner: str, kwarg
         inner, kwargs: from :func:`inner_kwargs`.
 
     Returns:
-        (p, q) fp32: the inner merge of the X_i, after entries with |x| ≤ RANK_RTOL · max|X_i| are
+        (p, q) fp32: the inner merge of the X_i, after entries with |x| ≤ RANK_RTOL · max|X| are
         set to 0 (rounding noise; see :data:`RANK_RTOL`).
     """
     X = stack.float().clone()  # (n, p, q)
-    for x in X:
-        x.masked_fill_(x.abs() <= RANK_RTOL * x.abs().max(), 0.0)
+    X.masked_fill_(X.abs() <= RANK_RTOL * X.abs().max(), 0.0)
     w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
     return _INNER_FNS[inner](X, w, **kwargs)
 
