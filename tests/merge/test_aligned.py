@@ -119,8 +119,7 @@ def rotated_pair(d_out=48, d_in=40, r=4, seed=0):
         s = torch.linspace(3.0, 1.0, r, dtype=torch.float64) * (1.0 + 0.15 * i)
         G = torch.randn(r, r, generator=g, dtype=torch.float64) + 3 * torch.eye(r, dtype=torch.float64)
         Ui, Vi = U[:, i * r:(i + 1) * r], V[:, i * r:(i + 1) * r]
-        fs.append(LoraFactors(A=torch.linalg.solve(G, Vi.T).float(), B=(Ui * s) @ G, scale=0.5))
-        fs[-1] = LoraFactors(A=fs[-1].A, B=fs[-1].B.float(), scale=0.5)
+        fs.append(LoraFactors(A=torch.linalg.solve(G, Vi.T).float(), B=((Ui * s) @ G).float(), scale=0.5))
         X.append(Vi.float())
     return fs, X
 

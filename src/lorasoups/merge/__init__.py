@@ -3,8 +3,8 @@
 
 Method contracts (the driver, :func:`lorasoups.merge.driver.merge_adapters`, calls them per module):
 
-- ``space="concat"`` / ``"factors"`` / ``"aligned"``: ``fn(factors: list[LoraFactors | None], weights: list[float],
-  *, params) -> LoraFactors`` (None = module missing in that adapter).
+- ``space="concat"`` / ``"factors"`` / ``"aligned"``: ``fn(factors: list[LoraFactors | None],
+  weights: list[float], *, params) -> LoraFactors`` (None = module missing in that adapter).
 - ``space="delta"``: ``fn(deltas: Tensor (n, d_out, d_in) fp32, weights: Tensor (n,) fp32, *, params)
   -> Tensor (d_out, d_in) fp32`` (a missing module is a zero slice). A ``seed`` parameter receives a
   per-module seed derived from the user's seed and the module name.
