@@ -11,12 +11,18 @@ Part 2 — PEFT: two random LoRAs on SmolLM2-135M (all 7 projection modules) mer
 each in a fresh process; prints time and peak memory of each and their ratios, and how far apart the
 two merged ΔW are.
 
+Part 3 — aligned-basis merges: the same two 7B-shape adapters (``--layers`` layers) merged side by
+side, each in a fresh process, with full-ΔW ``ties`` + SVD step, ``core_space`` (inner ``ties``) and
+``knots`` (inner ``ties``), same density and output rank; prints time and peak memory of each and
+the ratios full-ΔW TIES / aligned. The aligned methods never form a d_out × d_in matrix.
+
 Every measurement runs in a child process (``--child ...``) so peaks do not mix. Peak RSS is the
 process high-water mark (VmHWM); "op peak" is the high-water mark above the RSS just before the
 timed call (reset through /proc/self/clear_refs).
 
     nice -n 10 python benchmarks/merge_memory.py                 # full 7B shape (minutes)
     nice -n 10 python benchmarks/merge_memory.py --layers 4      # quick check
+    nice -n 10 python benchmarks/merge_memory.py --layers 2 --skip-peft --skip-streaming   # Part 3 only
 """
 
 from __future__ import annotations
@@ -99,13 +105,14 @@ def write_random_adapter(folder: Path, layers: int, r: int, alpha: float, seed: 
 
 # ------------------------------------------------------------------------------------- children
 
-def child_ours(a: str, b: str, out: str, density: float, rank: int, svd: str) -> dict:
+def child_ours(a: str, b: str, out: str, density: float, rank: int, svd: str, method: str = "ties",
+               params: dict | None = None) -> dict:
     from lorasoups.merge.driver import merge_adapters
 
-    res = _measure(lambda: merge_adapters([a, b], "ties", out, params={"density": density}, rank=rank, svd=svd,
-                                          overwrite=True))
+    p = {"density": density} if params is None else params
+    res = _measure(lambda: merge_adapters([a, b], method, out, params=p, rank=rank, svd=svd, overwrite=True))
     info = json.loads((Path(out) / "merge_info.json").read_text())
-    res["max_rel_fro_error"] = info["svd"]["max_rel_fro_error"]
+    res["max_rel_fro_error"] = info["svd"]["max_rel_fro_error"] if info["svd"] else 0.0
     res["modules"] = info["num_modules"]
     return res
 
@@ -146,6 +153,39 @@ def _products_diff(x: str, y: str) -> float:
     return worst
 
 
+# ------------------------------------------------------------------------------------ part 3
+
+def part3(work: Path, args) -> None:
+    """Full-ΔW TIES + SVD step vs core_space / knots (inner TIES) on the same 7B-shape adapters."""
+    L, r = args.layers, args.rank
+    print(f"\n== Part 3: aligned-basis merges on two Llama-2-7B-shape adapters ({L} layers × 7 modules, r={r}, "
+          f"fp32); TIES density {args.density} everywhere; output rank {r} for all (dense TIES: SVD step, "
+          f"{args.svd}; aligned: exact rank-{2 * r} LoRA, then the SVD step on its factors)")
+    d = work / f"aligned_L{L}"
+    t0 = time.time()
+    size = write_random_adapter(d / "a", L, r, 2.0 * r, seed=1)
+    write_random_adapter(d / "b", L, r, float(r), seed=2)
+    print(f"  wrote 2 adapters ({2 * size / 2**20:.0f} MiB on disk) in {time.time() - t0:.1f}s")
+    runs = [("ties (full ΔW) + SVD", "ties", {"density": args.density}),
+            ("core_space + ties", "core_space", {"inner": "ties", "density": args.density}),
+            ("knots + ties", "knots", {"inner": "ties", "density": args.density})]
+    res = {}
+    for label, method, params in runs:
+        res[label] = _run_child(["method", str(d / "a"), str(d / "b"), str(d / f"out_{method}"), "0", str(r),
+                                 args.svd, method, json.dumps(params)], args.threads)
+        x = res[label]
+        print(f"  {label:22s} {x['seconds']:7.1f}s ({x['seconds'] / x['modules']:.3f}s/module), op peak "
+              f"{x['op_peak_mib']} MiB, process peak {x['peak_rss_mib']} MiB, max SVD-step error "
+              f"{x['max_rel_fro_error']:.4f}")
+    dense = res[runs[0][0]]
+    for label, _, _ in runs[1:]:
+        x = res[label]
+        print(f"  {label}: {dense['seconds'] / x['seconds']:.1f}x faster than full-ΔW TIES + SVD; op peak "
+              f"{x['op_peak_mib'] / max(dense['op_peak_mib'], 1):.3f} of it "
+              f"(process peak {x['peak_rss_mib'] / dense['peak_rss_mib']:.3f})")
+    shutil.rmtree(d, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -157,8 +197,10 @@ def main() -> int:
     ap.add_argument("--svd", choices=["exact", "randomized"], default="randomized",
                     help="SVD driver of the 7B part (exact SVD of 224 matrices up to 11008×4096 takes hours on one core)")
     ap.add_argument("--peft-rank", type=int, default=16, help="LoRA rank and SVD rank of the SmolLM2 part")
-    ap.add_argument("--skip-7b", action="store_true")
-    ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--skip-7b", action="store_true", help="skip Parts 1 and 3 (the 7B shapes)")
+    ap.add_argument("--skip-streaming", action="store_true", help="skip Part 1 (layer-count comparison)")
+    ap.add_argument("--skip-peft", action="store_true", help="skip Part 2")
+    ap.add_argument("--skip-aligned", action="store_true", help="skip Part 3 (knots / core_space)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the children (default 1)")
     ap.add_argument("--workdir", default=None, help="where adapters are written (default: a temp folder, removed)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -171,6 +213,9 @@ def main() -> int:
         kind, rest = args.child[0], args.child[1:]
         if kind == "ours":
             res = child_ours(rest[0], rest[1], rest[2], float(rest[3]), int(rest[4]), rest[5])
+        elif kind == "method":
+            res = child_ours(rest[0], rest[1], rest[2], 0.0, int(rest[4]), rest[5], method=rest[6],
+                             params=json.loads(rest[7]))
         elif kind == "peft":
             res = child_peft(rest[0], rest[1], rest[2], rest[3], float(rest[4]), int(rest[5]))
         else:
@@ -182,7 +227,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"workdir {work}; children use {args.threads} thread(s)")
     try:
-        if not args.skip_7b:
+        if not args.skip_7b and not args.skip_streaming:
             print(f"\n== Part 1: ties (density {args.density}) + SVD step (rank {args.rank}, {args.svd}) on two "
                   f"Llama-2-7B-shape adapters (r={args.rank}, 7 modules/layer, fp32)")
             rows = []
@@ -205,6 +250,9 @@ def main() -> int:
                 s, f = rows
                 print(f"  peak RSS ratio {f['layers']} layers / {s['layers']} layers: "
                       f"{f['peak_rss_mib'] / s['peak_rss_mib']:.3f} (input size ratio {f['input_mib'] / max(s['input_mib'], 1):.1f})")
+
+        if not args.skip_7b and not args.skip_aligned:
+            part3(work, args)
 
         if not args.skip_peft:
             from lorasoups.models import prepare_model

@@ -25,7 +25,8 @@ class MethodInfo:
         kind: ``merge`` (closed form), ``learned`` (CAT), ``search`` (LoRA Hub), ``routed`` (MoE),
             ``trained`` (DATA-MIX), ``reference`` (base model / single skill LoRA).
         space: where it computes: ``delta`` (full ΔW), ``concat`` (exact rank-sum factors),
-            ``factors`` (A and B separately; inexact), ``model``.
+            ``factors`` (A and B separately; inexact), ``aligned`` (factors rewritten in a basis
+            shared by the adapters, merged there: KnOTS, Core Space), ``model``.
         fn: the implementing function (None for procedures run by a CLI command).
         params: keyword parameter -> default, read from ``fn``'s signature or given.
         reference: paper or source of the formula.

@@ -34,8 +34,8 @@ def _run_smoke(name: str, smollm2_dir: Path, out: Path) -> dict:
 @pytest.mark.slow
 def test_math_code_smoke(smollm2_dir, tmp_path):
     doc = _run_smoke("math_code", smollm2_dir, tmp_path / "run")
-    assert {"base", "math", "code", "data_mix", "linear", "ties", "dare_ties", "dare_linear", "lorahub", "moe",
-            "cat", "cat_uniform", "cat_sum"} == set(doc["methods"])
+    assert {"base", "math", "code", "data_mix", "linear", "ties", "dare_ties", "dare_linear", "knots", "core_space",
+            "lorahub", "moe", "cat", "cat_uniform", "cat_sum"} == set(doc["methods"])
     # programs were generated and executed in the sandbox
     assert doc["results"]["code"]["gsm_hard"]["metrics"]["exec_acc"]["n"] == 4
 

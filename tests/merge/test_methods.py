@@ -23,9 +23,27 @@ def rand_factors(r=4, scale=0.5, seed=0, d_out=D_OUT, d_in=D_IN, dtype=torch.flo
                        scale=scale)
 
 
-def lossless(name):
+def lossless(name, inner=None):
+    """(info, lossless params); methods with an ``inner`` merge get the inner method's lossless values."""
     info = get_merge_method(name)
-    return info, resolve_params(info, {k: v for k, v in LOSSLESS.items() if k in info.params})
+    if "inner" not in info.params:
+        return info, resolve_params(info, {k: v for k, v in LOSSLESS.items() if k in info.params})
+    inner = inner or info.params["inner"]
+    keys = get_merge_method(inner).params
+    return info, resolve_params(info, {"inner": inner, **{k: v for k, v in LOSSLESS.items() if k in keys and k != "seed"}})
+
+
+def contract_cases():
+    """(method, inner) pairs: every registered merge method; aligned methods once per inner merge."""
+    from lorasoups.merge.aligned import INNER_MERGES
+
+    cases = []
+    for name in MERGE_METHODS:
+        if "inner" in get_merge_method(name).params:
+            cases += [(name, inner) for inner in INNER_MERGES]
+        else:
+            cases.append((name, None))
+    return cases
 
 
 def as_delta(result):
@@ -34,21 +52,21 @@ def as_delta(result):
 
 def run(name, factors, weights, params=None, module="m"):
     info = get_merge_method(name)
-    p = resolve_params(info, {k: v for k, v in LOSSLESS.items() if k in info.params}) if params is None \
-        else resolve_params(info, params)
+    p = lossless(name)[1] if params is None else resolve_params(info, params)
     return as_delta(merge_module(info, factors, weights, p, module))
 
 
 def test_registry_has_all_methods():
     assert set(MERGE_METHODS) >= {"linear", "task_arithmetic", "concat", "ties", "dare_linear", "dare_ties",
-                                  "magnitude_prune", "linear_factors"}
+                                  "magnitude_prune", "linear_factors", "knots", "core_space"}
 
 
-@pytest.mark.parametrize("name", MERGE_METHODS)
-def test_contract(name):
-    """Every registered merge method: identities, shape/dtype, missing modules, determinism."""
-    info, p = lossless(name)
-    assert info.kind == "merge" and info.space in ("concat", "delta", "factors") and info.reference
+@pytest.mark.parametrize("name,inner", contract_cases())
+def test_contract(name, inner):
+    """Every registered merge method (aligned ones with each inner merge): identities, shape/dtype,
+    missing modules, determinism."""
+    info, p = lossless(name, inner)
+    assert info.kind == "merge" and info.space in ("concat", "delta", "factors", "aligned") and info.reference
     f1, f2, f3 = rand_factors(seed=1), rand_factors(seed=2, scale=2.0), rand_factors(seed=3, scale=0.25)
     d1 = f1.delta()
     assert d1.abs().max() > 0.1
@@ -68,7 +86,7 @@ def test_contract(name):
     without = as_delta(merge_module(info, [f1, f2], [0.5, 0.7], p, "m"))
     assert (with_none - without).abs().max() <= 1e-6
     # default parameters: deterministic, right shape, finite; fp16/bf16 inputs give fp32 results
-    pd = resolve_params(info, {})
+    pd = resolve_params(info, {"inner": inner} if inner else {})
     h1, h2 = rand_factors(seed=1, dtype=torch.float16), rand_factors(seed=2, dtype=torch.bfloat16)
     a = as_delta(merge_module(info, [h1, h2], [0.6, 0.4], pd, "layers.0.q"))
     b = as_delta(merge_module(info, [h1, h2], [0.6, 0.4], pd, "layers.0.q"))

@@ -3,11 +3,14 @@
 
 Method contracts (the driver, :func:`lorasoups.merge.driver.merge_adapters`, calls them per module):
 
-- ``space="concat"`` / ``"factors"``: ``fn(factors: list[LoraFactors | None], weights: list[float],
-  *, params) -> LoraFactors`` (None = module missing in that adapter).
+- ``space="concat"`` / ``"factors"`` / ``"aligned"``: ``fn(factors: list[LoraFactors | None],
+  weights: list[float], *, params) -> LoraFactors`` (None = module missing in that adapter).
 - ``space="delta"``: ``fn(deltas: Tensor (n, d_out, d_in) fp32, weights: Tensor (n,) fp32, *, params)
   -> Tensor (d_out, d_in) fp32`` (a missing module is a zero slice). A ``seed`` parameter receives a
   per-module seed derived from the user's seed and the module name.
+- ``space="aligned"`` methods (``knots``, ``core_space``) rewrite the ΔW_i in a basis shared by the
+  adapters, computed from the factors, run an inner merge there and return an exact LoraFactors.
 """
 
-from . import concat, dare_linear, dare_ties, linear, linear_factors, magnitude_prune, task_arithmetic, ties  # noqa: F401
+from . import (concat, core_space, dare_linear, dare_ties, knots, linear, linear_factors, magnitude_prune,  # noqa: F401
+               task_arithmetic, ties)
