@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 from ..datasets import DATASETS, load_dataset, read_json_records, squad_records
 from ..errors import ConfigError, DataError
-from ..prompts import IGNORE_INDEX, encode_pair, render_prompt, user_text
+from ..prompts import IGNORE_INDEX, encode_continuation, encode_pair, render_prompt, start_tokens, user_text
 from ..registry import suggest
 
 FORMATS = ("auto", "instruction", "qa", "mbpp", "squad", "text")
@@ -430,20 +430,27 @@ def chunk_spans(n_tokens: int, cutoff_len: int, overlap: int) -> list[tuple[int,
 
 
 def tokenize_text(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
-    """Token ids of a whole corpus (no special tokens; EOS appended when ``add_eos``)."""
-    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    """Token ids of a whole corpus (no start tokens; EOS appended when ``add_eos``)."""
+    ids = encode_continuation(tokenizer, text)
     if add_eos and tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return ids
 
 
 def text_chunks(tokenizer: Any, text: str, cutoff_len: int, overlap: int = DEFAULT_TEXT_OVERLAP) -> list[dict[str, list[int]]]:
-    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token."""
+    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token.
+
+    Each chunk starts with the tokenizer's start tokens (:func:`lorasoups.prompts.start_tokens`,
+    e.g. BOS for Llama-2, none for SmolLM2) as a sequence on its own would; the text windows are
+    shortened by as many tokens. The start tokens carry no loss.
+    """
     ids = tokenize_text(tokenizer, text)
+    start = start_tokens(tokenizer)
+    width = cutoff_len - len(start)
     out = []
-    for s, e in chunk_spans(len(ids), cutoff_len, min(overlap, cutoff_len // 2)):
+    for s, e in chunk_spans(len(ids), width, min(overlap, width // 2)):
         piece = ids[s:e]
-        out.append({"input_ids": piece, "labels": list(piece)})
+        out.append({"input_ids": start + piece, "labels": [IGNORE_INDEX] * len(start) + list(piece)})
     return out
 
 
