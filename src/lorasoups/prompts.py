@@ -5,6 +5,11 @@ Instruction data is rendered with the tokenizer's chat template when it has one 
 tiny test model use ChatML), else with an Alpaca-style ``### Instruction / ### Response`` template.
 Prompt and response are tokenised separately and concatenated, so the boundary between them is
 exact for loss masking and for teacher-forced likelihoods.
+
+Special tokens: every encode path (training pairs, raw-text chunks, generation prompts,
+likelihoods) starts a sequence with :func:`encode_prompt`, which gives exactly the start tokens the
+tokenizer itself adds (``tokenizer(text)``: BOS for Llama-2, nothing for SmolLM2), once, also when
+a chat template already wrote them into the text; continuations (responses) get none.
 """
 
 from __future__ import annotations
@@ -64,25 +69,83 @@ def response_suffix(tokenizer: Any, style: str = "auto") -> str:
     return eos
 
 
+def start_tokens(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before a text on its own (``tokenizer(text)`` vs
+    ``tokenizer(text, add_special_tokens=False)``): ``[bos_id]`` for BOS-adding tokenizers such as
+    Llama-2's, ``[]`` for SmolLM2's. End tokens (an EOS some tokenizers append) are not included."""
+    probe = "a"
+    with_sp = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    n = len(plain)
+    for i in range(len(with_sp) - n + 1):
+        if with_sp[i:i + n] == plain:
+            return with_sp[:i]
+    return []
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as the start of a sequence: the tokenizer's start tokens
+    (:func:`start_tokens`, e.g. BOS) exactly once, then the text. When the text already begins with
+    them (a chat template that writes ``bos_token``), they are not added again.
+
+    Returns:
+        list of int token ids.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    start = start_tokens(tokenizer)
+    if start and ids[:len(start)] != start:
+        ids = start + ids
+    return ids
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` continuing a sequence (no BOS or other special tokens added)."""
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+class PromptTooLong(DataError):
+    """The prompt alone does not fit the cutoff length."""
+
+
+class ResponseTooLong(DataError):
+    """Prompt + response (with its end token) exceed the cutoff length: the response would lose its end.
+
+    Attributes:
+        n_prompt, n_response: token counts; ``cutoff_len``: the limit.
+    """
+
+    def __init__(self, message: str, n_prompt: int, n_response: int, cutoff_len: int):
+        super().__init__(message)
+        self.n_prompt, self.n_response, self.cutoff_len = n_prompt, n_response, cutoff_len
+
+
 def encode_pair(tokenizer: Any, prompt: str, response: str, *, cutoff_len: int | None = None,
-                train_on_inputs: bool = False, add_eos: bool = True, where: str = "record") -> dict[str, list[int]]:
-    """Tokenise prompt and response separately and concatenate.
+                train_on_inputs: bool = False, add_eos: bool = True, where: str = "record",
+                truncate_response: bool = False) -> dict[str, list[int]]:
+    """Tokenise prompt (:func:`encode_prompt`, start tokens such as BOS once) and response
+    (:func:`encode_continuation`) separately and concatenate.
 
     Returns:
         ``{"input_ids": [...], "labels": [...]}`` (lists of int, same length); labels are
-        ``IGNORE_INDEX`` (-100) on prompt tokens unless ``train_on_inputs``. The response is
-        truncated to fit ``cutoff_len``.
+        ``IGNORE_INDEX`` (-100) on prompt tokens unless ``train_on_inputs``. A response that does
+        not fit ``cutoff_len`` is cut to fit only with ``truncate_response``.
 
     Raises:
-        DataError: the prompt alone is ``cutoff_len`` tokens or longer (names ``where``).
+        PromptTooLong: the prompt alone is ``cutoff_len`` tokens or longer (names ``where``).
+        ResponseTooLong: prompt + response exceed ``cutoff_len`` and not ``truncate_response``.
     """
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p_ids = encode_prompt(tokenizer, prompt)
     r_text = response + (response_suffix(tokenizer) if add_eos else "")
-    r_ids = tokenizer(r_text, add_special_tokens=False)["input_ids"]
+    r_ids = encode_continuation(tokenizer, r_text)
     if cutoff_len is not None:
         if len(p_ids) >= cutoff_len:
-            raise DataError(f"{where}: prompt is {len(p_ids)} tokens, not shorter than the cutoff length {cutoff_len}")
-        r_ids = r_ids[: cutoff_len - len(p_ids)]
+            raise PromptTooLong(f"{where}: prompt is {len(p_ids)} tokens, not shorter than the cutoff length {cutoff_len}")
+        room = cutoff_len - len(p_ids)
+        if len(r_ids) > room and not truncate_response:
+            raise ResponseTooLong(f"{where}: prompt ({len(p_ids)} tokens) + response ({len(r_ids)} tokens) exceed the "
+                                  f"cutoff length {cutoff_len}; the response would lose its last {len(r_ids) - room} "
+                                  "tokens", len(p_ids), len(r_ids), cutoff_len)
+        r_ids = r_ids[:room]
     ids = p_ids + r_ids
     labels = (list(p_ids) if train_on_inputs else [IGNORE_INDEX] * len(p_ids)) + list(r_ids)
     return {"input_ids": ids, "labels": labels}

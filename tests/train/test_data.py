@@ -59,8 +59,10 @@ def test_prompt_masked_in_labels(tmp_path, tok):
 def test_jsonl_and_response_truncation(tmp_path, tok):
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps({"instruction": "Q", "output": "x" * 500}) for _ in range(3)) + "\n")
-    exs = load_training_examples([str(f)], tok, cutoff_len=64)
+    exs = load_training_examples([str(f)], tok, cutoff_len=64, long_responses="keep")
     assert len(exs) == 3 and all(len(e["input_ids"]) == 64 for e in exs)
+    with pytest.raises(DataError, match="no example fits the cutoff length 64 .*3 responses too long"):
+        load_training_examples([str(f)], tok, cutoff_len=64)  # default: skip what would be cut
     assert load_text_pairs(str(f))[0] == ("Q", "x" * 500)
     assert load_text_pairs(str(f), tokenizer=tok)[0][0] == render_prompt(tok, "Q")
 

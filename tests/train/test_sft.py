@@ -46,7 +46,8 @@ def test_30_steps_lower_loss_and_folder_loads_in_peft(tmp_path, tiny_dir, skill_
     train_lora(str(tiny_dir), [str(skill_file)], out, max_steps=30, save_steps=100, val_fraction=0.25, **FAST)
     lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     log = [x for x in lines if "loss" in x]
-    assert [x for x in lines if "loss" not in x] == [{"step": 30, "val_loss": lines[-1]["val_loss"]}]
+    assert lines[0]["step"] == 0 and lines[0]["data"]["skipped_long_responses"] == 0  # the data record
+    assert [x for x in lines[1:] if "loss" not in x] == [{"step": 30, "val_loss": lines[-1]["val_loss"]}]
     assert [x["step"] for x in log] == list(range(1, 31))
     assert all(x["tokens_per_s"] > 0 and "lr" in x for x in log)
     first, last = sum(x["loss"] for x in log[:5]) / 5, sum(x["loss"] for x in log[-5:]) / 5
@@ -97,7 +98,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_dir, skill_file):
     train_lora(str(tiny_dir), [str(skill_file)], out, resume=True, **opts)
     info = json.loads((out / "train_info.json").read_text())
     assert info["resumed_from_step"] == 4 and info["steps"] == 10
-    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == list(range(1, 11))
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == list(range(0, 11))
     a, b = read_adapter(full), read_adapter(out)
     assert a.modules.keys() == b.modules.keys()
     # Tolerance: same seed, fp32, same batches and RNG state after resume -> equal up to float

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fraction", type=float, default=0.05, help="fraction of each skill dataset used (default 0.05, the paper's 5%%)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on examples per skill dataset")
     p.add_argument("--cutoff-len", type=int, default=256, help="maximum tokens per example (default 256, as lorasoups train)")
+    p.add_argument("--long-responses", choices=("skip", "keep"), default="skip",
+                   help="records whose response does not fit --cutoff-len after the prompt: skip them "
+                        "(replaced by other records) or keep them cut; counted either way (default: skip)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="part of the mix held out for the validation loss before/after (default 0.1)")
     p.add_argument("--keep-long-prompts", action="store_true",
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out = train_cat(args.base, args.adapters, args.data, args.out, granularity=args.granularity,
                     normalize=args.normalize, init=args.init, lr=args.lr, steps=args.steps, epochs=args.epochs,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, schedule=args.schedule,
-                    fraction=args.fraction, max_samples=args.max_samples, cutoff_len=args.cutoff_len,
+                    fraction=args.fraction, max_samples=args.max_samples, cutoff_len=args.cutoff_len, long_responses=args.long_responses,
                     val_fraction=args.val_fraction, skip_long_prompts=not args.keep_long_prompts, seed=args.seed,
                     no_train=args.no_train,
                     precision=args.precision, device=args.device, data_dir=args.data_dir,

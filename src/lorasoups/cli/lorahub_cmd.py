@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--init", type=float, default=0.0, help="initial value of every weight (default 0, as LoraHub)")
     p.add_argument("--batch-size", type=int, default=4, help="examples per forward pass (default 4)")
     p.add_argument("--cutoff-len", type=int, default=512, help="maximum tokens per example (default 512)")
+    p.add_argument("--long-responses", choices=("skip", "keep"), default="skip",
+                   help="records whose response does not fit --cutoff-len after the prompt: skip them "
+                        "(replaced by other records) or keep them cut; counted either way (default: skip)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     p.add_argument("--data-dir", default=None, help="data folder (default: $LORASOUPS_DATA, then ../shared/data)")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled adapter_model.bin inputs")
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = run_lorahub(args.base, args.adapters, args.data, args.out, budget=args.budget, space=args.space,
                       l1=args.l1, bounds=tuple(args.bounds), examples=args.examples, seed=args.seed,
                       optimizer=args.optimizer, init=args.init, batch_size=args.batch_size,
-                      cutoff_len=args.cutoff_len, data_dir=args.data_dir, device=args.device,
+                      cutoff_len=args.cutoff_len, long_responses=args.long_responses, data_dir=args.data_dir, device=args.device,
                       overwrite=args.overwrite, allow_pickle=args.allow_pickle, progress=not args.quiet)
     info = json.loads((Path(out) / WEIGHTS_FILE).read_text(encoding="utf-8"))
     print(f"wrote {out}  (space {info['space']}, {info['options']['budget']} candidates, "

@@ -31,9 +31,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "models":
-        from ..models import EMBEDDED, embedded_path
+        from ..models import EMBEDDED, embedded_path, is_prepared
 
-        rows = [[n, "yes" if (embedded_path(n) / ".lorasoups-complete").exists() else "no", m.description]
+        rows = [[n, "yes" if is_prepared(n) else ("outdated" if embedded_path(n).exists() else "no"), m.description]
                 for n, m in sorted(EMBEDDED.items())]
         print(_table(rows, ["name", "prepared", "description"]))
     elif args.what == "datasets":

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fraction", type=float, default=0.05, help="fraction of each skill dataset used (default 0.05, as CAT)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on examples per skill dataset")
     p.add_argument("--cutoff-len", type=int, default=512, help="maximum tokens per example (default 512)")
+    p.add_argument("--long-responses", choices=("skip", "keep"), default="skip",
+                   help="records whose response does not fit --cutoff-len after the prompt: skip them "
+                        "(replaced by other records) or keep them cut; counted either way (default: skip)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="part of the mix held out for the validation loss (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                     lr=args.lr, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                     grad_accum=args.grad_accum, schedule=args.schedule, balance_loss=args.balance_loss,
                     router_init_std=args.router_init_std, fraction=args.fraction, max_samples=args.max_samples,
-                    cutoff_len=args.cutoff_len, val_fraction=args.val_fraction, seed=args.seed,
+                    cutoff_len=args.cutoff_len, long_responses=args.long_responses, val_fraction=args.val_fraction, seed=args.seed,
                     precision=args.precision, device=args.device, data_dir=args.data_dir, overwrite=args.overwrite,
                     allow_pickle=args.allow_pickle, progress=not args.quiet)
     cfg = read_moe_config(out)

@@ -18,6 +18,10 @@ data specs:
     --data gsm8k:max_samples=2000     --data codealpaca:fraction=0.5     --data my.jsonl
   Several --data train one LoRA on their union (DATA-MIX); weight=W (or --weights) resamples the mix
   so dataset i contributes N*W_i/sum(W) examples, N being the total of the per-dataset selections.
+  A record whose response does not fit --cutoff-len after its prompt would lose the end of its answer
+  (GSM8K's '#### n' line, the end-of-turn token): it is skipped and replaced by another record
+  (--long-responses keep: kept cut). Skipped and cut records are counted on the console, in
+  train_info.json ("data", "data_cuts") and in the first line of train_log.jsonl.
 
 defaults:
   200 steps x 8 examples x <= 256 tokens, rank 8 / alpha 16 on q,k,v,o,gate,up,down projections,
@@ -27,7 +31,7 @@ defaults:
 outputs:
   OUT/ is a standard PEFT adapter folder (adapter_config.json, adapter_model.safetensors) plus
   train_info.json (resolved options, data files with sha256, versions, wall time) and train_log.jsonl
-  (step, loss, lr, tokens_per_s). Checkpoints go to OUT's hidden sibling .OUT.work/ every --save-steps
+  (a data line, then step, loss, lr, tokens_per_s). Checkpoints go to OUT's hidden sibling .OUT.work/ every --save-steps
   steps; after a crash or kill, rerun the same command with --resume. Runs under torchrun /
   accelerate launch with several processes (DDP; gloo on CPU); --batch-size is per process.
 """
@@ -54,6 +58,9 @@ def add_parser(sub) -> None:
     g.add_argument("--text-overlap", type=int, default=d.text_overlap, help="tokens shared by consecutive raw-text chunks (default: %(default)s)")
     g.add_argument("--train-on-inputs", action="store_true", help="also take the loss on prompt tokens (default: response only)")
     g.add_argument("--skip-long-prompts", action="store_true", help="drop records whose prompt does not fit --cutoff-len instead of failing")
+    g.add_argument("--long-responses", choices=("skip", "keep"), default=d.long_responses,
+                   help="records whose response does not fit --cutoff-len after the prompt: skip them (replaced by "
+                        "other records; counted in train_info.json) or keep them cut (default: %(default)s)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="hold out this fraction for a validation loss (default: %(default)s)")
 
     m = p.add_argument_group("LoRA")
@@ -95,7 +102,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     keys = ["r", "lora_alpha", "lora_dropout", "learning_rate", "epochs", "batch_size", "grad_accum",
             "cutoff_len", "warmup_steps", "lr_scheduler", "weight_decay", "max_grad_norm", "seed", "val_fraction",
             "max_samples", "fraction", "weights", "train_on_inputs", "text_overlap", "skip_long_prompts",
-            "precision", "save_steps", "save_total_limit", "logging_steps", "data_dir"]
+            "long_responses", "precision", "save_steps", "save_total_limit", "logging_steps", "data_dir"]
     opts = {k: getattr(args, k) for k in keys}
     opts["target_modules"] = [t.strip() for t in args.target_modules.split(",") if t.strip()]
     if args.max_steps is not None:

@@ -25,10 +25,11 @@
   region (under ``torch.no_grad``) spans a whole call, so autocast's cache of bf16 weight copies
   is filled once instead of re-casting every weight at every decoding step.
 
-Prompts are tokenised without special tokens, exactly as :func:`lorasoups.prompts.encode_pair`
-does for training, and :meth:`HFGenerator.nll` computes the gold response's likelihood from
-``encode_pair`` ids (end-of-turn token included, prompt tokens masked), so training, generation
-and likelihoods see the same token sequences.
+Prompts are tokenised by :func:`lorasoups.prompts.encode_prompt` (the tokenizer's start tokens,
+e.g. BOS, exactly once), as :func:`lorasoups.prompts.encode_pair` does for training, and
+:meth:`HFGenerator.nll` computes the gold response's likelihood from ``encode_pair`` ids
+(end-of-turn token included, prompt tokens masked), so training, generation and likelihoods see
+the same token sequences.
 
 :class:`VLLMGenerator` (optional extra ``vllm``, import-guarded) serves a base model and a PEFT
 adapter folder with vLLM for users with a GPU.
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union
 
 from ..errors import ConfigError, ModelError
-from ..prompts import IGNORE_INDEX, encode_pair
+from ..prompts import IGNORE_INDEX, encode_pair, encode_prompt
 
 
 StopRule = Union[str, Callable[[str], Union[int, None]], None]
@@ -408,7 +409,7 @@ class HFGenerator:
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt token ids, as :func:`lorasoups.prompts.encode_pair` tokenises a prompt."""
-        return list(self.tok(prompt, add_special_tokens=False)["input_ids"])
+        return encode_prompt(self.tok, prompt)
 
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool, shared_kv: Any = None):
         """One forward pass; ``shared_kv`` activates :func:`prefix_attention` for its duration."""
@@ -649,7 +650,7 @@ class VLLMGenerator:
         t0 = time.perf_counter()
         sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
                             skip_special_tokens=True)
-        reqs = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        reqs = [{"prompt_token_ids": encode_prompt(self.tok, p)} for p in prompts]
         res = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=False)
         out = []
         for r, rule in zip(res, per_prompt_rules(stop_rule, len(prompts))):

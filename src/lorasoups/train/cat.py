@@ -311,8 +311,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
               fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None,
               cutoff_len: int = DEFAULT_CUTOFF_LEN,
-              val_fraction: float = DEFAULT_VAL_FRACTION, skip_long_prompts: bool = True, seed: int = 0,
-              no_train: bool = False,
+              val_fraction: float = DEFAULT_VAL_FRACTION, skip_long_prompts: bool = True,
+              long_responses: str = "skip", seed: int = 0, no_train: bool = False,
               precision: str = "auto", device: str = "auto", data_dir: str | None = None,
               overwrite: bool = False, allow_pickle: bool = False, log_every: int = 1,
               verbose: bool = False) -> Path:
@@ -339,6 +339,9 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         val_fraction: part of the mix held out for the validation loss before/after training.
         skip_long_prompts: drop sampled records whose prompt does not fit ``cutoff_len`` (default)
             instead of failing.
+        long_responses: ``skip`` (default) records whose response does not fit ``cutoff_len``
+            after the prompt, or ``keep`` them cut; both counted in ``cat_options.json`` (``data_stats``)
+            and printed (see :func:`lorasoups.train.data.load_training_data`).
         no_train: export the initial coefficients (the static controls); data is not needed.
         precision: ``auto`` (bf16 autocast on CUDA/CPUs with native bf16, else fp32), ``fp32``, ``bf16``.
 
@@ -390,15 +393,20 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     # Data: the skill mix, split into train and a held-out validation part.
     train_ex: list[dict] = []
     val_ex: list[dict] = []
+    data_stats = None
     if data and not no_train:
         if _is_examples(data):
             examples = data
         else:
-            from .data import load_training_examples
+            from .data import load_training_data
 
-            examples = load_training_examples(data, tok, cutoff_len=cutoff_len, max_samples=max_samples,
-                                              fraction=fraction, seed=seed, data_dir=data_dir,
-                                              skip_long_prompts=skip_long_prompts)
+            td = load_training_data(data, tok, cutoff_len=cutoff_len, max_samples=max_samples,
+                                    fraction=fraction, seed=seed, data_dir=data_dir,
+                                    skip_long_prompts=skip_long_prompts, long_responses=long_responses)
+            examples = td.examples
+            data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
+            for line in td.cut_report():
+                print(f"cat: data: {line}", flush=True)
         if not examples:
             raise DataError(f"CAT: the data {data} gave no training examples")
         train_ex, val_ex = split_examples(examples, val_fraction, seed)
@@ -457,12 +465,14 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "options": {"granularity": granularity, "normalize": normalize, "init": init, "lr": lr, "steps": steps,
                     "epochs": epochs if steps is None else None, "batch_size": batch_size, "grad_accum": grad_accum,
                     "schedule": schedule, "fraction": fraction, "max_samples": max_samples, "cutoff_len": cutoff_len,
-                    "val_fraction": val_fraction, "skip_long_prompts": skip_long_prompts, "seed": seed,
+                    "val_fraction": val_fraction, "skip_long_prompts": skip_long_prompts,
+                    "long_responses": long_responses, "seed": seed,
                     "no_train": no_train, "precision": precision, "device": device},
         "resolved": {"precision": prec, "precision_reason": prec_reason, "device": dev, "steps": n_steps,
                      "train_examples": len(train_ex),
                      "val_examples": len(val_ex), "groups": len(handle.coefficients.groups),
                      "modules": len(handle.modules), "total_ranks": sorted({f.r for f in factors.values()})},
+        "data_stats": data_stats,
         "val_loss_before": val_before,
         "val_loss_after": val_after,
         "train_seconds": round(train_s, 2),

@@ -42,7 +42,8 @@ from typing import Any, Iterable, Sequence
 
 from ..datasets import DATASETS, load_dataset, read_json_records, squad_records
 from ..errors import ConfigError, DataError
-from ..prompts import IGNORE_INDEX, encode_pair, render_prompt, user_text
+from ..prompts import (IGNORE_INDEX, PromptTooLong, ResponseTooLong, encode_continuation, encode_pair, render_prompt,
+                       start_tokens, user_text)
 from ..registry import suggest
 
 FORMATS = ("auto", "instruction", "qa", "mbpp", "squad", "text")
@@ -430,56 +431,96 @@ def chunk_spans(n_tokens: int, cutoff_len: int, overlap: int) -> list[tuple[int,
 
 
 def tokenize_text(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
-    """Token ids of a whole corpus (no special tokens; EOS appended when ``add_eos``)."""
-    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    """Token ids of a whole corpus (no start tokens; EOS appended when ``add_eos``)."""
+    ids = encode_continuation(tokenizer, text)
     if add_eos and tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return ids
 
 
 def text_chunks(tokenizer: Any, text: str, cutoff_len: int, overlap: int = DEFAULT_TEXT_OVERLAP) -> list[dict[str, list[int]]]:
-    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token."""
+    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token.
+
+    Each chunk starts with the tokenizer's start tokens (:func:`lorasoups.prompts.start_tokens`,
+    e.g. BOS for Llama-2, none for SmolLM2) as a sequence on its own would; the text windows are
+    shortened by as many tokens. The start tokens carry no loss.
+    """
     ids = tokenize_text(tokenizer, text)
+    start = start_tokens(tokenizer)
+    width = cutoff_len - len(start)
     out = []
-    for s, e in chunk_spans(len(ids), cutoff_len, min(overlap, cutoff_len // 2)):
+    for s, e in chunk_spans(len(ids), width, min(overlap, width // 2)):
         piece = ids[s:e]
-        out.append({"input_ids": piece, "labels": list(piece)})
+        out.append({"input_ids": start + piece, "labels": [IGNORE_INDEX] * len(start) + list(piece)})
     return out
 
 
-def encode_example(tokenizer: Any, ex: TextExample, cutoff_len: int | None, train_on_inputs: bool = False) -> dict[str, list[int]]:
+def encode_example(tokenizer: Any, ex: TextExample, cutoff_len: int | None, train_on_inputs: bool = False,
+                   truncate_response: bool = False) -> dict[str, list[int]]:
     """Prompt (shared format, :func:`lorasoups.prompts.render_prompt`) + response -> ids and labels.
 
     Raises:
-        DataError: the prompt is not shorter than ``cutoff_len`` (names the file and record).
+        PromptTooLong: the prompt is not shorter than ``cutoff_len`` (names the file and record).
+        ResponseTooLong: the response does not fit after the prompt and not ``truncate_response``.
     """
     prompt = render_prompt(tokenizer, ex.instruction, ex.input or None)
     try:
         return encode_pair(tokenizer, prompt, ex.output, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
-                           where=ex.where)
-    except DataError as e:
-        raise DataError(f"{e}; raise --cutoff-len or drop the record") from None
+                           where=ex.where, truncate_response=truncate_response)
+    except PromptTooLong as e:
+        raise PromptTooLong(f"{e}; raise --cutoff-len or drop the record") from None
 
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
 
+#: What to do with a record whose response does not fit ``cutoff_len`` after its prompt:
+#: ``skip`` it (default; it would lose the end of its response, e.g. GSM8K's ``#### n`` line and
+#: the end-of-turn token) or ``keep`` it cut to fit. Both are counted and reported.
+LONG_RESPONSE_POLICIES = ("skip", "keep")
+
+
 @dataclass
 class SourceStats:
-    """What one spec contributed (for ``train_info.json``)."""
+    """What one spec contributed (for ``train_info.json``).
+
+    ``selected`` is the target count (after ``max_samples`` / ``fraction``); records that are
+    skipped for length are replaced by further seeded draws from the rest of the dataset while
+    there are any, so ``used`` falls short of ``selected`` only when the dataset runs out.
+    """
 
     spec: str
     name: str
     file: str
     format: str
     available: int          # records (or raw-text chunks) usable
-    selected: int           # after max_samples / fraction
-    in_mix: int             # after weighting (== selected without weights)
-    skipped: int = 0        # records skipped (unanswerable, or too long with skip_long_prompts)
+    selected: int           # target after max_samples / fraction
+    in_mix: int             # after weighting (== used without weights)
+    skipped: int = 0        # records skipped in all (unanswerable + too long)
+    used: int = 0           # examples kept for training (before weighting)
+    unanswerable: int = 0   # SQuAD records without an answer (skipped by design)
+    skipped_long_prompts: int = 0      # prompt alone >= cutoff_len (with skip_long_prompts)
+    skipped_long_responses: int = 0    # response would be cut (long_responses="skip")
+    truncated_responses: int = 0       # response cut to fit and kept (long_responses="keep")
+    cutoff_len: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def cut_note(self) -> str:
+        """One line on what the cutoff length did to this source ('' when nothing)."""
+        parts = []
+        if self.skipped_long_prompts:
+            parts.append(f"{self.skipped_long_prompts} skipped (prompt >= {self.cutoff_len} tokens)")
+        if self.skipped_long_responses:
+            parts.append(f"{self.skipped_long_responses} skipped (response would be cut at {self.cutoff_len} tokens)")
+        if self.truncated_responses:
+            parts.append(f"{self.truncated_responses} kept with the response cut at {self.cutoff_len} tokens")
+        if not parts:
+            return ""
+        short = f"; only {self.used} of {self.selected} examples" if self.used < self.selected else ""
+        return f"{self.name}: " + ", ".join(parts) + short
 
 
 @dataclass
@@ -490,12 +531,57 @@ class TrainingData:
     sources: list[SourceStats]
     files: list[Path]
 
+    def cut_report(self) -> list[str]:
+        """Lines naming, per source, the records skipped or cut for length (empty when none)."""
+        return [n for n in (s.cut_note() for s in self.sources) if n]
+
+    def cut_summary(self) -> dict[str, int]:
+        """Totals over sources: ``skipped_long_prompts``, ``skipped_long_responses``, ``truncated_responses``."""
+        keys = ("skipped_long_prompts", "skipped_long_responses", "truncated_responses")
+        return {k: sum(getattr(s, k) for s in self.sources) for k in keys}
+
+
+def _encode_records(tokenizer: Any, src: LoadedSource, target: int, rng: random.Random, refill_rng: random.Random,
+                    st: SourceStats, *, cutoff_len: int, train_on_inputs: bool, skip_long_prompts: bool,
+                    long_responses: str) -> list[dict[str, list[int]]]:
+    """Encode ``target`` seeded records of ``src``; records skipped for length are replaced by
+    further draws (``refill_rng``) from the records not selected, while any are left."""
+    n = len(src.examples)
+    first = select_indices(n, target, rng)
+    chosen = set(first)
+    rest = [i for i in range(n) if i not in chosen]
+    refill_rng.shuffle(rest)
+    queue, keep = list(first), []
+    while queue and len(keep) < target:
+        ex = src.examples[queue.pop(0)]
+        try:
+            keep.append(encode_example(tokenizer, ex, cutoff_len, train_on_inputs))
+            continue
+        except PromptTooLong:
+            if not skip_long_prompts:
+                raise
+            st.skipped_long_prompts += 1
+        except ResponseTooLong:
+            if long_responses == "keep":
+                keep.append(encode_example(tokenizer, ex, cutoff_len, train_on_inputs, truncate_response=True))
+                st.truncated_responses += 1
+                continue
+            st.skipped_long_responses += 1
+        if rest:  # a skipped record: draw a replacement
+            queue.append(rest.pop())
+    return keep
+
 
 def load_training_data(specs: Iterable[str | DataSpec], tokenizer: Any, *, cutoff_len: int = 512,
                        max_samples: int | None = None, fraction: float | None = None, seed: int = 0,
                        train_on_inputs: bool = False, data_dir: str | Path | None = None,
-                       text_overlap: int = DEFAULT_TEXT_OVERLAP, skip_long_prompts: bool = False) -> TrainingData:
-    """Like :func:`load_training_examples`, also returning per-source statistics and files."""
+                       text_overlap: int = DEFAULT_TEXT_OVERLAP, skip_long_prompts: bool = False,
+                       long_responses: str = "skip") -> TrainingData:
+    """Like :func:`load_training_examples`, also returning per-source statistics and files
+    (:class:`SourceStats`: how many records were skipped or cut for length)."""
+    if long_responses not in LONG_RESPONSE_POLICIES:
+        raise ConfigError(f"long_responses {long_responses!r}{suggest(str(long_responses), LONG_RESPONSE_POLICIES)}; "
+                          f"choose from {', '.join(LONG_RESPONSE_POLICIES)}")
     parsed = [parse_data_spec(s) for s in specs]
     if not parsed:
         raise ConfigError("no training data given; pass at least one --data")
@@ -511,25 +597,26 @@ def load_training_data(specs: Iterable[str | DataSpec], tokenizer: Any, *, cutof
         caps = [c for c in (spec.max_samples, max_samples) if c is not None]
         ms = min(caps) if caps else None
         fr = spec.fraction if spec.fraction is not None else fraction
-        skipped = src.n_skipped
+        st = SourceStats(str(spec), spec.name, str(src.path), src.format, 0, 0, 0, unanswerable=src.n_skipped,
+                         cutoff_len=cutoff_len)
         if src.text is not None:
             chunks = text_chunks(tokenizer, src.text, cutoff_len, text_overlap)
-            keep = [chunks[i] for i in select_indices(len(chunks), select_count(len(chunks), ms, fr), rng)]
-            available = len(chunks)
+            st.available = len(chunks)
+            st.selected = select_count(len(chunks), ms, fr)
+            keep = [chunks[i] for i in select_indices(len(chunks), st.selected, rng)]
         else:
-            available = len(src.examples)
-            keep = []
-            for i in select_indices(available, select_count(available, ms, fr), rng):
-                try:
-                    keep.append(encode_example(tokenizer, src.examples[i], cutoff_len, train_on_inputs))
-                except DataError:
-                    if not skip_long_prompts:
-                        raise
-                    skipped += 1
+            st.available = len(src.examples)
+            st.selected = select_count(st.available, ms, fr)
+            keep = _encode_records(tokenizer, src, st.selected, rng, _rng(seed, "refill", idx, spec.source), st,
+                                   cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
+                                   skip_long_prompts=skip_long_prompts, long_responses=long_responses)
             if not keep:
-                raise DataError(f"{src.path}: no example fits the cutoff length {cutoff_len}")
+                raise DataError(f"{src.path}: no example fits the cutoff length {cutoff_len} "
+                                f"({st.skipped_long_prompts} prompts and {st.skipped_long_responses} responses too long)")
+        st.skipped = st.unanswerable + st.skipped_long_prompts + st.skipped_long_responses
+        st.used = st.in_mix = len(keep)
         per_source.append(keep)
-        stats.append(SourceStats(str(spec), spec.name, str(src.path), src.format, available, len(keep), len(keep), skipped))
+        stats.append(st)
     if any(s.weight is not None for s in parsed):
         weights = [s.weight if s.weight is not None else 1.0 for s in parsed]
         counts = mix_counts([len(x) for x in per_source], weights)
@@ -552,14 +639,16 @@ def load_training_examples(specs: list[str | DataSpec], tokenizer: Any, *, cutof
             ``fraction`` apply to *each* spec; a spec's own ``fraction`` replaces the
             function-level one, and when both give ``max_samples`` the smaller cap holds.
         tokenizer: HF tokenizer of the base model (its chat template decides the prompt format).
-        cutoff_len: maximum tokens per example; responses are truncated to fit, raw text is
-            chunked to it.
+        cutoff_len: maximum tokens per example; raw text is chunked to it; a record whose
+            response does not fit after its prompt is skipped (or cut, ``long_responses="keep"``).
         seed: seeds sampling, mixing and the final shuffle (stable across processes).
         train_on_inputs: also put the loss on prompt tokens.
         data_dir: where catalogue datasets live (:func:`lorasoups.paths.find_data_dir`).
         **kwargs: ``text_overlap`` (tokens shared by consecutive raw-text chunks, default 32, at
             most ``cutoff_len // 2``), ``skip_long_prompts`` (drop instead of failing on prompts
-            not shorter than ``cutoff_len``).
+            not shorter than ``cutoff_len``), ``long_responses`` (``skip``, the default, or
+            ``keep`` records whose response does not fit after the prompt; see
+            :data:`LONG_RESPONSE_POLICIES`). Skipped records are replaced by further seeded draws.
 
     Returns:
         A shuffled list of ``{"input_ids": list[int], "labels": list[int]}`` (same lengths, at most

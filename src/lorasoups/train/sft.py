@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..methods import register_method
 from ..paths import atomic_dir, check_not_input
 from ..registry import suggest
+from .data import LONG_RESPONSE_POLICIES
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -66,6 +67,7 @@ class TrainOptions:
     train_on_inputs: bool = False
     text_overlap: int = 32
     skip_long_prompts: bool = False
+    long_responses: str = "skip"
     precision: str = "auto"
     save_steps: int = 50
     save_total_limit: int = 2
@@ -94,6 +96,8 @@ class TrainOptions:
             bad.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.precision not in PRECISIONS:
             bad.append(f"precision {self.precision!r}{suggest(self.precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
+        if self.long_responses not in LONG_RESPONSE_POLICIES:
+            bad.append(f"long_responses {self.long_responses!r}; choose from {', '.join(LONG_RESPONSE_POLICIES)}")
         if self.lr_scheduler not in SCHEDULERS:
             bad.append(f"lr_scheduler {self.lr_scheduler!r}; choose from {', '.join(SCHEDULERS)}")
         if bad:
@@ -246,6 +250,13 @@ def _callbacks():
     return JsonlLog, ProgressBar
 
 
+def data_log_record(td: Any) -> dict[str, Any]:
+    """The train log's first line: ``{"step": 0, "data": {...}}`` with per-source counts of
+    examples used and of records skipped or cut for length (see :class:`~lorasoups.train.data.SourceStats`)."""
+    keys = ("name", "selected", "used", "skipped_long_prompts", "skipped_long_responses", "truncated_responses")
+    return {"step": 0, "data": {"sources": [{k: getattr(s, k) for k in keys} for s in td.sources], **td.cut_summary()}}
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` (by a run killed after its last checkpoint)."""
     if not path.is_file():
@@ -315,7 +326,9 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     td = load_training_data(specs, tokenizer, cutoff_len=opts.cutoff_len, max_samples=opts.max_samples,
                             fraction=opts.fraction, seed=opts.seed, train_on_inputs=opts.train_on_inputs,
                             data_dir=opts.data_dir, text_overlap=opts.text_overlap,
-                            skip_long_prompts=opts.skip_long_prompts)
+                            skip_long_prompts=opts.skip_long_prompts, long_responses=opts.long_responses)
+    for line in td.cut_report():
+        print(f"train: data: {line}", flush=True)
     check_not_input(out, list(dict.fromkeys(td.files)) + ([base_path] if Path(base_path).exists() else []))
     examples = td.examples
     n_val = int(round(len(examples) * opts.val_fraction)) if opts.val_fraction > 0 else 0
@@ -393,8 +406,8 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
             (work / "options.json").write_text(json.dumps(resolved_cmp, indent=2, sort_keys=True))
-            if ckpt is None:
-                (work / "train_log.jsonl").write_text("")
+            if ckpt is None:  # first line: what the data loader kept, skipped and cut
+                (work / "train_log.jsonl").write_text(json.dumps(data_log_record(td)) + "\n")
     if resume and not is_main:
         ckpt = get_last_checkpoint(str(work)) if work.is_dir() else None
     resumed_step = None
@@ -444,6 +457,8 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "precision": {"requested": opts.precision, "resolved": precision, "reason": precision_reason,
                           "device": device, "lora_weights": "fp32", "optimizer_state": "fp32"},
             "data": [{**s.as_dict(), "sha256": sha256_file(s.file)} for s in td.sources],
+            "data_cuts": {"cutoff_len": opts.cutoff_len, "long_responses": opts.long_responses,
+                          "skip_long_prompts": opts.skip_long_prompts, **td.cut_summary()},
             "n_train_examples": len(train_set),
             "n_val_examples": len(val_set),
             "trainable_parameters": int(n_trainable),
