@@ -20,6 +20,7 @@ and the encoded operands of each check. The host validates it and decides the ve
 is trusted by the host.
 """
 
+import collections
 import ctypes
 import json
 import os
@@ -122,6 +123,7 @@ def _confine(req, workdir):
 # --- the program's side: run the code, the call and the checks; report encoded data ----------
 _type, _len, _repr, _isinstance = type, len, repr, isinstance
 _SCALARS = (type(None), bool, int, float, str, bytes, complex)
+_DICTS = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)  # exact types only
 
 
 def _encode(v, depth=0, budget=None):
@@ -151,7 +153,7 @@ def _encode(v, depth=0, budget=None):
     if t in (list, tuple, set, frozenset):
         return {"t": t.__name__, "v": [_encode(x, depth + 1, budget) for x in (sorted(v, key=_sortkey)
                                                                             if t in (set, frozenset) else v)]}
-    if t is dict:
+    if t in _DICTS:
         return {"t": "dict", "v": [[_encode(k, depth + 1, budget), _encode(x, depth + 1, budget)]
                                    for k, x in dict.items(v)]}
     if t.__module__ in ("fractions", "decimal") and t.__name__ in ("Fraction", "Decimal"):
@@ -318,6 +320,7 @@ def run_one(req):
     caps = [cap, cap, 1 << 22]
     counts = [[0] for _ in fds]
     open_fds = set(fds)
+    pidfd = os.pidfd_open(pid)
     deadline = t0 + timeout
     timed_out, exit_status = False, None
     while True:
@@ -325,18 +328,17 @@ def run_one(req):
         if now >= deadline:
             timed_out = True
             break
-        if open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], min(0.05, deadline - now))
-            for fd in ready:
+        ready, _, _ = select.select(list(open_fds) + [pidfd], [], [], deadline - now)
+        for fd in ready:
+            if fd != pidfd:
                 i = fds.index(fd)
                 if not _read_some(fd, bufs[i], caps[i], counts[i]):
                     open_fds.discard(fd)
-        else:
-            time.sleep(min(0.002, max(0.0, deadline - now)))
         p, st = os.waitpid(pid, os.WNOHANG)
         if p == pid:
             exit_status = st
             break
+    os.close(pidfd)
     if exit_status is None and inner is not None:
         try:
             os.kill(inner, signal.SIGKILL)  # init of the program's PID namespace: takes every process with it
