@@ -223,7 +223,10 @@ def child_main(req, out_w, err_w, res_w, workdir):
         sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
         sys.argv = ["program"]
         sys.path[:] = [p for p in sys.path if p and "-packages" not in p]
+        me = os.getpid()
         rep = program_main(req)
+        if os.getpid() != me:  # a process the program forked: only the program process reports
+            os._exit(0)
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()
