@@ -283,7 +283,7 @@ def test_daemon_does_not_outlive_the_program(sb, host_clean):
     assert seen
     r = sb.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
                "        time.sleep(60)\n    os._exit(0)\nprint('parent done')")
-    assert r.status == "ok"
+    assert r.status == "ok", r.error
     r = sb.run("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
     assert r.stdout.strip() == "[1]"  # only the program itself in its PID namespace
 

@@ -144,6 +144,9 @@ _BOOTSTRAP = ("import sys, json; exec(compile(json.loads(sys.stdin.readline()), 
               "'<lorasoups-sandbox-worker>', 'exec'))")
 
 
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorasoups-sandbox-spawner")
+
+
 class _Worker:
     """One sandboxed worker process (see ``_sandbox_worker.py``); used by one thread at a time."""
 
@@ -153,8 +156,11 @@ class _Worker:
         if cgroups:  # join the worker's cgroup(s) before bwrap starts: everything it runs stays inside
             cmd = ["/bin/sh", "-c", 'for f in $LSX_CG; do echo $$ > "$f" || exit 97; done; exec "$@"', "sh", *cmd]
         env = {"LSX_CG": " ".join(str(d / "cgroup.procs") for d in cgroups), "PYTHONHASHSEED": HASH_SEED}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errf,
-                                     env=env, cwd="/", start_new_session=True, close_fds=True)
+        # bwrap --die-with-parent follows the *thread* that started it: start workers from one
+        # long-lived thread, not from run_many's short-lived pool threads
+        self.proc = _SPAWNER.submit(subprocess.Popen, cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=self._errf, env=env, cwd="/", start_new_session=True,
+                                    close_fds=True).result()
         self._buf = b""
         try:
             self.proc.stdin.write((json.dumps(source) + "\n").encode())
@@ -438,9 +444,13 @@ class Sandbox:
         t0 = time.monotonic()
         reply = w.request(req, t0 + t + 10.0)
         if reply is None or "worker_error" in reply:
+            code = w.proc.poll()
+            w._errf.seek(0)
+            tail = w._errf.read().decode("utf-8", "replace").strip()[-300:]
             w = self._replace(w)
             self._idle.put(w)
-            why = (reply or {}).get("worker_error") or "sandbox worker died or stopped answering; restarted"
+            why = (reply or {}).get("worker_error") or (f"sandbox worker died (exit {code}) or stopped answering; "
+                                                         f"restarted. {tail}".strip())
             return ExecResult("error", error=str(why), wall_s=time.monotonic() - t0, checks_total=len(parsed))
         self._idle.put(w)
         return verdict(reply, call, parsed, t)
