@@ -4,8 +4,8 @@ Each reference solution is turned into the program the ``mbpp`` task runs (solut
 the harness-checked asserts) and the whole list goes through
 :meth:`lorasoups.eval.sandbox.Sandbox.run_many` with 1 and with 2 workers. Printed per worker
 count: programs, wall seconds, programs/s, mean ms per program, and how many passed (all 500
-should). Pool start-up is included (the first programs start the workers). On a shared machine
-run old and new code back to back and compare ratios, not absolute numbers.
+should). Pool start-up is included. On a shared machine run old and new code back to back,
+alternating, with ``--repeats`` and compare the best (least disturbed) figures, not single runs.
 
     python benchmarks/sandbox_throughput.py                  # 1 and 2 workers, all 500
     python benchmarks/sandbox_throughput.py --limit 100 --workers 1

@@ -6,8 +6,8 @@ first line of the worker's stdin. It uses the standard library only (it runs und
 interpreter). Protocol: one JSON object per line on stdin (requests) and stdout (replies); the first
 line written is a ``{"ready": ...}`` report.
 
-Per program (``ns`` mode) the worker forks a helper ``C`` that enters new mount, IPC, UTS and PID
-namespaces and forks the program process ``P`` (init of the new PID namespace). ``P`` mounts a
+Per program (``ns`` mode) the worker clones the program process ``P`` into new mount, IPC, UTS and
+PID namespaces (``P`` is init of its PID namespace). ``P`` mounts a
 fresh size- and inode-capped tmpfs on ``/tmp`` and ``/dev/shm`` and a fresh ``/proc`` (or hides
 ``/proc``), drops to uid/gid 65534, enters a new user namespace (fresh user keyring), joins a new
 session keyring, drops every capability, sets ``no_new_privs`` and the rlimits, and only then runs
@@ -41,7 +41,9 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
 LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
 
 
 def _check(rc, what):
@@ -245,29 +247,20 @@ def child_main(req, out_w, err_w, res_w, workdir):
     os._exit(code)
 
 
-def helper_main(req, pipes, pid_w):
-    """``C`` (ns mode): new namespaces, fork ``P``, report its pid, wait, mirror its end."""
-    try:
-        os.setpgid(0, 0)
-        _check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
-        pid = os.fork()
-        if pid == 0:
-            os.close(pid_w)
-            child_main(req, *[w for _, w in pipes], None)
-        os.write(pid_w, b"%d\n" % pid)
-        os.close(pid_w)
-        for _, w in pipes:
-            os.close(w)
-        _, st = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(st):
-            os.kill(os.getpid(), os.WTERMSIG(st))
-        os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 70)
-    except BaseException as e:
-        try:
-            os.write(2, ("sandbox helper: %s\n" % (e,)).encode())
-        except BaseException:
-            pass
-        os._exit(76)
+def _clone_into_namespaces():
+    """``fork()`` into new PID, mount, IPC and UTS namespaces in one ``clone`` (the child is init
+    of its PID namespace). Returns the child's pid in the parent, 0 in the child."""
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID | int(signal.SIGCHLD)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = LIBC.syscall(SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, "clone: %s" % os.strerror(err))
+    return pid
 
 
 def _read_some(fd, buf, cap, counter):
@@ -292,30 +285,15 @@ def run_one(req):
     cap = int(req.get("output_cap", 65536))
     workdir = None if NS else tempfile.mkdtemp(prefix="run-", dir=CFG.get("tmp_root"))
     pipes = [os.pipe() for _ in range(3)]
-    pid_r, pid_w = os.pipe()
-    pid = os.fork()
+    pid = _clone_into_namespaces() if NS else os.fork()
     if pid == 0:
-        os.close(pid_r)
         for r, _ in pipes:
             os.close(r)
-        if NS:
-            helper_main(req, pipes, pid_w)
-        os.setpgid(0, 0)
-        os.close(pid_w)
+        if not NS:
+            os.setpgid(0, 0)
         child_main(req, *[w for _, w in pipes], workdir)
-    os.close(pid_w)
     for _, w in pipes:
         os.close(w)
-    inner = None
-    if NS:
-        got = b""
-        while True:
-            chunk = os.read(pid_r, 64)
-            if not chunk:
-                break
-            got += chunk
-        inner = int(got) if got.strip().isdigit() else None
-    os.close(pid_r)
     fds = [r for r, _ in pipes]
     for fd in fds:
         os.set_blocking(fd, False)
@@ -342,15 +320,18 @@ def run_one(req):
             exit_status = st
             break
     os.close(pidfd)
-    if exit_status is None and inner is not None:
+    if exit_status is None:
+        # ns mode: the program is init of its PID namespace, its death takes every process with it
+        for kill in (os.kill,) if NS else (os.killpg,):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    elif not NS:
         try:
-            os.kill(inner, signal.SIGKILL)  # init of the program's PID namespace: takes every process with it
+            os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
     if exit_status is None:
         _, exit_status = os.waitpid(pid, 0)
     for i, fd in enumerate(fds):
