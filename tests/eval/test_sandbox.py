@@ -288,6 +288,43 @@ def test_daemon_does_not_outlive_the_program(sb, host_clean):
     assert r.stdout.strip() == "[1]"  # only the program itself in its PID namespace
 
 
+def test_sandbox_dies_with_the_evaluator():
+    import sys
+
+    script = ("import threading, time\nfrom lorasoups.eval.sandbox import Sandbox, Limits\n"
+              "sb = Sandbox(workers=1, limits=Limits(timeout_s=60))\n"
+              "threading.Thread(target=lambda: sb.run('import os, time\\nos.fork()\\ntime.sleep(60)'), daemon=True).start()\n"
+              "time.sleep(30)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-c", script], env=env)
+    tag = f"lorasoups-sbx-{p.pid}-"
+
+    def procs() -> list[int]:
+        out = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and tag in (d / "cgroup").read_text():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+        return out
+
+    for _ in range(200):  # until the program and its child run
+        if len(procs()) >= 4:
+            break
+        time.sleep(0.05)
+    assert len(procs()) >= 4 or not CGROUPS
+    p.kill()
+    p.wait()
+    for _ in range(100):
+        if not procs():
+            break
+        time.sleep(0.05)
+    assert procs() == []
+    Sandbox(workers=1).close()  # a new sandbox removes the dead evaluator's empty cgroups
+    assert not [d for r in Cgroups().roots for d in r.glob(tag + "*")]
+
+
 def test_same_verdict_across_runs():
     code = "print(hash('lorasoups'), list({'a', 'b', 'c', 'd', 'e'}))"
     outs = []

