@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA unmerged (PEFT forward) instead of merge_and_unload")
     p.add_argument("--timeout", type=float, default=None, help="per-program sandbox timeout in seconds (default: the task's)")
     p.add_argument("--sandbox-workers", type=int, default=None)
+    p.add_argument("--weak-isolation", action="store_true",
+                   help="where the bubblewrap sandbox cannot run (no root, no user namespaces), run programs with "
+                        "resource limits only (they can read your files and use the network); see docs/sandbox.md")
     p.add_argument("--rescore", default=None, metavar="DIR",
                    help="re-score the completions in DIR/samples (a previous run) instead of generating")
     p.add_argument("--data-dir", default=None)
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         allow_code_execution=args.allow_code_execution, generate=not args.no_generate,
         likelihood=not args.no_likelihood, backend=args.backend, prefix_cache=not args.no_prefix_cache,
         bf16=args.bf16, merge_lora=not args.no_merge_lora, data_dir=args.data_dir, timeout_s=args.timeout,
-        sandbox_workers=args.sandbox_workers, overwrite=args.overwrite, rescore=args.rescore,
+        sandbox_workers=args.sandbox_workers, sandbox_isolation="weak" if args.weak_isolation else "auto",
+        overwrite=args.overwrite, rescore=args.rescore,
         progress=not args.quiet,
     )
     print(metric_table(res))

@@ -1,25 +1,30 @@
-"""Sandbox worker: runs inside the isolated process and executes one program at a time.
+"""Sandbox worker: runs inside a bubblewrap sandbox and runs one program at a time.
 
 This file is NOT imported by lorasoups. :mod:`lorasoups.eval.sandbox` starts
-``<python> -I -c <bootstrap> <json config>`` inside fresh network / PID / mount namespaces (when
-available), with an empty environment, and sends this file's text as the first line of the
-worker's stdin; the bootstrap executes it. It must therefore use the standard library only and
-run on any Python >= 3.8 (it runs under the system interpreter, not the project's venv).
+``bwrap ... /usr/bin/python3 -I -c <bootstrap> <json config>`` and sends this file's text as the
+first line of the worker's stdin. It uses the standard library only (it runs under the system
+interpreter). Protocol: one JSON object per line on stdin (requests) and stdout (replies); the first
+line written is a ``{"ready": ...}`` report.
 
-Protocol (one JSON object per line): the parent writes requests on the worker's stdin and reads
-replies on its stdout. The first line the worker writes is a ``{"ready": ...}`` report.
+Per program (``ns`` mode) the worker clones the program process ``P`` into new mount, IPC, UTS and
+PID namespaces (``P`` is init of its PID namespace). ``P`` mounts a
+fresh size- and inode-capped tmpfs on ``/tmp`` and ``/dev/shm`` and a fresh ``/proc`` (or hides
+``/proc``), drops to uid/gid 65534, enters a new user namespace (fresh user keyring), joins a new
+session keyring, drops every capability, sets ``no_new_privs`` and the rlimits, and only then runs
+the program. When ``P`` ends, the kernel kills every process of its PID namespace, and its mounts
+and IPC objects disappear with their namespaces. The worker itself is never reachable: it is not in
+the program's PID namespace and runs under another uid.
 
-Per request the worker forks a child that: starts a new session (its own process group), moves to a
-fresh temporary working directory, redirects stdin/stdout/stderr to pipes, closes every other file
-descriptor, sets resource limits, installs an audit hook that refuses sockets, then executes the
-program and (optionally) evaluates a call expression such as ``solution()``. The worker enforces
-the wall-clock deadline, caps the captured output, and afterwards kills everything the program
-left behind (its process group; in a PID namespace, every process but the worker itself).
+The program's side reports one JSON line on fd 3: what raised where, the encoded value of the call
+and the encoded operands of each check. The host validates it and decides the verdict; nothing here
+is trusted by the host.
 """
 
+import collections
 import ctypes
 import json
 import os
+import platform
 import resource
 import select
 import shutil
@@ -29,195 +34,236 @@ import tempfile
 import time
 
 CFG = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-IS_NS_INIT = os.getpid() == 1  # init of our own PID namespace: kill(-1) only reaches our programs
+NS = bool(CFG.get("ns"))
 RESULT_FD = 3
-MS_NOSUID, MS_NODEV = 2, 4
+NOBODY = 65534
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
 
 
-def _libc():
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
+def _check(rc, what):
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
 
 
-def _mount_tmpfs(libc, target, size_mb):
-    """Mount a private size-capped tmpfs on ``target`` (inside our own mount namespace only)."""
-    if libc is None or not os.path.isdir(target):
-        return False
-    opts = ("size=%dm,mode=1777" % size_mb).encode()
-    rc = libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, ctypes.c_char_p(opts))
-    return rc == 0
+def _mount(src, target, fstype, flags, data=None):
+    _check(LIBC.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      data.encode() if data else None), "mount %s" % target)
 
 
-def setup():
-    """Private tmpfs mounts (namespace mode, still privileged), then drop to the unprivileged user."""
-    info = {"pid": os.getpid(), "ns_init": IS_NS_INIT, "tmpfs": [], "python": sys.version.split()[0]}
-    libc = _libc()
-    if CFG.get("tmpfs_mb") and IS_NS_INIT:
-        for d in ("/tmp", "/var/tmp", "/dev/shm"):
-            if _mount_tmpfs(libc, d, int(CFG["tmpfs_mb"])):
-                info["tmpfs"].append(d)
-    uid, gid = CFG.get("uid"), CFG.get("gid")
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(int(gid))
-        os.setuid(int(uid))
-        if os.getuid() != int(uid) or os.geteuid() != int(uid):
-            raise SystemExit("sandbox worker: could not drop to uid %s" % uid)
-    info["uid"], info["gid"] = os.getuid(), os.getgid()
-    return info
+def _drop_caps():
+    """Empty effective, permitted and inheritable capability sets (capset, version 3)."""
+    hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(LIBC.capset(hdr, data), "capset")
 
 
 def _set_limits(lim):
-    """Resource limits for the program child. Values: seconds, bytes, counts."""
-    def _set(which, soft, hard=None):
-        hard = soft if hard is None else hard
+    def _set(which, soft):
         try:
-            cur_soft, cur_hard = resource.getrlimit(which)
-            if cur_hard != resource.RLIM_INFINITY:
-                hard = min(hard, cur_hard)
+            _, hard = resource.getrlimit(which)
+            if hard != resource.RLIM_INFINITY:
                 soft = min(soft, hard)
-            resource.setrlimit(which, (soft, hard))
+            resource.setrlimit(which, (soft, soft))
         except (ValueError, OSError):
             pass
 
-    cpu = int(lim["cpu_s"])
-    _set(resource.RLIMIT_CPU, cpu, cpu + 1)
+    _set(resource.RLIMIT_CPU, int(lim["cpu_s"]))
     _set(resource.RLIMIT_AS, int(lim["as_bytes"]))
     _set(resource.RLIMIT_FSIZE, int(lim["fsize_bytes"]))
     _set(resource.RLIMIT_NOFILE, int(lim["nofile"]))
     _set(resource.RLIMIT_NPROC, int(lim["nproc"]))
     _set(resource.RLIMIT_CORE, 0)
+    _set(resource.RLIMIT_MSGQUEUE, 0)
 
 
-def _refuse_sockets(event, args):
-    if event.startswith("socket."):
-        raise PermissionError("network access is disabled in the sandbox (%s)" % event)
-
-
-def _describe_value(v):
-    """JSON-safe description of a returned value: type name, repr, and a float when numeric."""
-    out = {"type": type(v).__name__, "repr": None, "number": None}
-    try:
-        r = repr(v)
-    except Exception as e:  # e.g. int too large to convert to str
-        r = "<unrepresentable %s: %s>" % (type(v).__name__, e)
-    out["repr"] = r[:2000]
-    num = None
-    if isinstance(v, bool):
-        num = float(v)
-    elif isinstance(v, (int, float)):
-        try:
-            num = float(v)
-        except OverflowError:
-            num = None
+def _confine(req, workdir):
+    """In the program process (``P``), before any program code runs."""
+    if NS:
+        _mount("none", "/", None, MS_REC | MS_PRIVATE)
+        opts = "size=%dm,nr_inodes=%d,mode=1777" % (int(req["tmpfs_mb"]), int(req["tmpfs_inodes"]))
+        for d in ("/tmp", "/dev/shm"):
+            if os.path.isdir(d):
+                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+        if CFG.get("fresh_proc"):
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        proc_self = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY)
+        if not CFG.get("fresh_proc"):  # a new /proc cannot be mounted here: hide the worker's
+            _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=4,mode=555")
+        if os.geteuid() == 0 and CFG.get("drop_uid"):
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        outer_uid, outer_gid = os.geteuid(), os.getegid()
+        LIBC.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: the maps below are ours to write
+        _check(LIBC.unshare(CLONE_NEWUSER), "unshare(user)")
+        for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (NOBODY, outer_uid)),
+                           ("gid_map", "%d %d 1" % (NOBODY, outer_gid))):
+            fd = os.open(name, os.O_WRONLY, dir_fd=proc_self)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        os.close(proc_self)
+        if SYS_KEYCTL is not None:
+            LIBC.syscall(SYS_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING: a new anonymous one
+        _drop_caps()
+        os.chdir("/tmp")
     else:
+        os.chdir(workdir)
+    LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    _set_limits(req["limits"])
+    os.umask(0o077)
+
+
+# --- the program's side: run the code, the call and the checks; report encoded data ----------
+_type, _len, _repr, _isinstance = type, len, repr, isinstance
+_SCALARS = (type(None), bool, int, float, str, bytes, complex)
+_DICTS = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)  # exact types only
+
+
+def _encode(v, depth=0, budget=None):
+    """Exact built-in values as tagged JSON; anything else as ``{"t": "other"}``."""
+    budget = budget if budget is not None else [20000]
+    budget[0] -= 1
+    t = _type(v)
+    if budget[0] < 0 or depth > 30:
+        return {"t": "other", "type": "too large", "repr": ""}
+    if t is type(None):
+        return {"t": "none"}
+    if t is bool:
+        return {"t": "bool", "v": v}
+    if t is int:
         try:
-            import numbers
-            if isinstance(v, numbers.Number) and not isinstance(v, complex):
-                num = float(v)
-        except Exception:
-            num = None
-    if num is not None and (num != num or num in (float("inf"), float("-inf"))):
-        out["repr"] = out["repr"] or str(num)
-        num = None
-    out["number"] = num
-    if isinstance(v, str):
-        out["str"] = v[:2000]
-    return out
+            return {"t": "int", "v": int.__repr__(v)}
+        except ValueError:
+            return {"t": "other", "type": "int", "repr": "<int too large>"}
+    if t is float:
+        return {"t": "float", "v": float.__repr__(v)}
+    if t is complex:
+        return {"t": "complex", "v": [float.__repr__(v.real), float.__repr__(v.imag)]}
+    if t is str:
+        return {"t": "str", "v": v[:100000]}
+    if t is bytes:
+        return {"t": "bytes", "v": v[:100000].hex()}
+    if t in (list, tuple, set, frozenset):
+        return {"t": t.__name__, "v": [_encode(x, depth + 1, budget) for x in (sorted(v, key=_sortkey)
+                                                                            if t in (set, frozenset) else v)]}
+    if t in _DICTS:
+        return {"t": "dict", "v": [[_encode(k, depth + 1, budget), _encode(x, depth + 1, budget)]
+                                   for k, x in dict.items(v)]}
+    if t.__module__ in ("fractions", "decimal") and t.__name__ in ("Fraction", "Decimal"):
+        try:
+            return {"t": "float", "v": float.__repr__(float(v)), "type": t.__name__}
+        except (ValueError, OverflowError, TypeError):
+            pass
+    try:
+        r = _repr(v)[:2000]
+    except BaseException:
+        r = "<unrepresentable>"
+    return {"t": "other", "type": str(getattr(t, "__name__", "?"))[:100], "repr": r}
+
+
+def _sortkey(x):
+    return (_type(x).__name__, _repr(x) if _type(x) in _SCALARS else "")
+
+
+def _err(e):
+    try:
+        msg = "%s: %s" % (_type(e).__name__, e)
+    except BaseException:
+        msg = _type(e).__name__
+    return {"type": _type(e).__name__, "msg": msg[:2000]}
+
+
+def program_main(req):
+    """Runs the program in this process; returns the report (never raises)."""
+    rep = {"v": 1, "stage": "program", "error": None, "value": None, "checks": []}
+    g = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(req["code"], "<program>", "exec"), g)
+        if req.get("call"):
+            rep["stage"] = "call"
+            rep["value"] = _encode(eval(compile(req["call"], "<call>", "eval"), g))
+        rep["stage"] = "checks"
+        for exprs in req.get("checks") or []:
+            rep["checks"].append([_encode(eval(compile(x, "<check>", "eval"), g)) for x in exprs])
+        rep["stage"] = "done"
+    except BaseException as e:  # noqa: B902 - SystemExit included: an early exit is a failure
+        rep["error"] = _err(e)
+    return rep
 
 
 def child_main(req, out_w, err_w, res_w, workdir):
-    """Runs in the forked child; never returns."""
+    """``P``: confine, run, report on fd 3; never returns."""
     code = 70
-    me = os.getpid()
     try:
-        os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.dup2(res_w, RESULT_FD)
         os.closerange(RESULT_FD + 1, 65536)
-        os.chdir(workdir)
-        os.umask(0o077)
+        for s in (signal.SIGXFSZ,):
+            signal.signal(s, signal.SIG_IGN)  # an over-limit write fails with EFBIG
+        for s in (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
         try:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-limit write fails with EFBIG
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-        libc = _libc()
-        if libc is not None:
-            try:
-                libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-                if not IS_NS_INIT:
-                    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-            except Exception:
-                pass
-        _set_limits(req["limits"])
+            _confine(req, workdir)
+        except BaseException as e:
+            os.write(2, ("sandbox: confinement failed: %s\n" % (e,)).encode())
+            os._exit(75)
         os.environ.clear()
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", closefd=False, errors="replace")
-        sys.stderr = open(2, "w", closefd=False, errors="replace")
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
         sys.argv = ["program"]
-        sys.path[:] = [p for p in sys.path if p and "site-packages" not in p and "dist-packages" not in p]
-        if req.get("block_sockets", True):
-            sys.addaudithook(_refuse_sockets)
-        result = {"status": "ok"}
-        g = {"__name__": "__main__", "__builtins__": __builtins__}
-        try:
-            exec(compile(req["code"], "<program>", "exec"), g)
-            if req.get("call"):
-                result["value"] = _describe_value(eval(compile(req["call"], "<call>", "eval"), g))
-        except MemoryError:
-            result = {"status": "oom", "error": "MemoryError: out of memory (address-space limit)"}
-        except SystemExit as e:
-            if e.code not in (None, 0):
-                result = {"status": "error", "error": "SystemExit: %r" % (e.code,), "error_type": "SystemExit"}
-            elif req.get("call"):
-                result = {"status": "error", "error": "SystemExit before the call", "error_type": "SystemExit"}
-        except BaseException as e:  # noqa: B902 - every exception of the program is data
-            try:
-                msg = "%s: %s" % (type(e).__name__, e)
-            except Exception:
-                msg = type(e).__name__
-            result = {"status": "error", "error": msg[:2000], "error_type": type(e).__name__}
-        try:
-            sys.stdout.flush()
-        except BaseException:
-            pass
-        try:
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        if os.getpid() != me:  # a process the program forked: only the program itself reports
+        sys.path[:] = [p for p in sys.path if p and "-packages" not in p]
+        me = os.getpid()
+        rep = program_main(req)
+        if os.getpid() != me:  # a process the program forked: only the program process reports
             os._exit(0)
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except BaseException:
+                pass
         try:
-            data = json.dumps(result).encode()
-        except Exception as e:
-            data = json.dumps({"status": "error", "error": "unserialisable result: %s" % e}).encode()
-        try:
-            os.write(RESULT_FD, data)
-            code = 0
-        except OSError:
-            code = 71
-    except MemoryError:
-        try:
-            if os.getpid() == me:
-                os.write(RESULT_FD, b'{"status": "oom", "error": "MemoryError"}')
+            data = json.dumps(rep).encode() + b"\n"
         except BaseException:
-            pass
+            data = b'{"v": 1, "stage": "report", "error": {"type": "ValueError", "msg": "unencodable"}}\n'
+        os.write(RESULT_FD, data)
+        code = 0
+    except MemoryError:
         code = 72
     except BaseException:
         code = 70
     os._exit(code)
 
 
+def _clone_into_namespaces():
+    """``fork()`` into new PID, mount, IPC and UTS namespaces in one ``clone`` (the child is init
+    of its PID namespace). Returns the child's pid in the parent, 0 in the child."""
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID | int(signal.SIGCHLD)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = LIBC.syscall(SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, "clone: %s" % os.strerror(err))
+    return pid
+
+
 def _read_some(fd, buf, cap, counter):
-    """Read what is available on ``fd``; keep at most ``cap`` bytes in ``buf``. Returns False on EOF."""
     try:
         chunk = os.read(fd, 65536)
     except BlockingIOError:
@@ -233,160 +279,97 @@ def _read_some(fd, buf, cap, counter):
     return True
 
 
-def _kill_leftovers(pgid):
-    """Kill the program's process group and, as namespace init, every other process in it."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-    if IS_NS_INIT:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _reap(pid):
-    """Wait for ``pid``; as namespace init, also reap every orphan adopted by us."""
-    status = None
-    if IS_NS_INIT:
-        while True:
-            try:
-                p, st = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            if p == pid:
-                status = st
-    else:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    return status
-
-
-def run_one(req, tmp_root):
+def run_one(req):
     t0 = time.monotonic()
     timeout = float(req.get("timeout", 5.0))
     cap = int(req.get("output_cap", 65536))
-    workdir = tempfile.mkdtemp(prefix="run-", dir=tmp_root)
+    workdir = None if NS else tempfile.mkdtemp(prefix="run-", dir=CFG.get("tmp_root"))
     pipes = [os.pipe() for _ in range(3)]
-    pid = os.fork()
+    pid = _clone_into_namespaces() if NS else os.fork()
     if pid == 0:
         for r, _ in pipes:
             os.close(r)
-        child_main(req, pipes[0][1], pipes[1][1], pipes[2][1], workdir)
+        if not NS:
+            os.setpgid(0, 0)
+        child_main(req, *[w for _, w in pipes], workdir)
     for _, w in pipes:
         os.close(w)
-    out_r, err_r, res_r = (r for r, _ in pipes)
-    for fd in (out_r, err_r, res_r):
+    fds = [r for r, _ in pipes]
+    for fd in fds:
         os.set_blocking(fd, False)
-    bufs = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
-    caps = {out_r: cap, err_r: cap, res_r: 1 << 20}
-    counts = {out_r: [0], err_r: [0], res_r: [0]}
-    open_fds = {out_r, err_r, res_r}
+    bufs = [bytearray() for _ in fds]
+    caps = [cap, cap, 1 << 22]
+    counts = [[0] for _ in fds]
+    open_fds = set(fds)
+    pidfd = os.pidfd_open(pid)
     deadline = t0 + timeout
-    timed_out = False
-    exit_status = None
+    timed_out, exit_status = False, None
     while True:
         now = time.monotonic()
         if now >= deadline:
             timed_out = True
             break
-        if open_fds:
-            try:
-                ready, _, _ = select.select(list(open_fds), [], [], min(0.02, deadline - now))
-            except InterruptedError:
-                ready = []
-            for fd in ready:
-                if not _read_some(fd, bufs[fd], caps[fd], counts[fd]):
+        ready, _, _ = select.select(list(open_fds) + [pidfd], [], [], deadline - now)
+        for fd in ready:
+            if fd != pidfd:
+                i = fds.index(fd)
+                if not _read_some(fd, bufs[i], caps[i], counts[i]):
                     open_fds.discard(fd)
-        else:
-            time.sleep(min(0.005, max(0.0, deadline - now)))
-        try:
-            p, st = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            p, st = pid, 0
+        p, st = os.waitpid(pid, os.WNOHANG)
         if p == pid:
             exit_status = st
             break
-    _kill_leftovers(pid)
-    st = _reap(pid)
+    os.close(pidfd)
     if exit_status is None:
-        exit_status = st
-    for fd in list(open_fds):  # whatever is still buffered in the pipes
-        for _ in range(64):
-            before = counts[fd][0]
-            if not _read_some(fd, bufs[fd], caps[fd], counts[fd]) or counts[fd][0] == before:
-                break
-    for fd in (out_r, err_r, res_r):
-        os.close(fd)
-    shutil.rmtree(workdir, ignore_errors=True)
-
-    reply = {"wall_s": round(time.monotonic() - t0, 4)}
-    reply["stdout"] = bytes(bufs[out_r]).decode("utf-8", "replace")
-    reply["stderr"] = bytes(bufs[err_r]).decode("utf-8", "replace")
-    reply["stdout_bytes"], reply["stderr_bytes"] = counts[out_r][0], counts[err_r][0]
-    reply["stdout_truncated"] = counts[out_r][0] > cap
-    reply["stderr_truncated"] = counts[err_r][0] > cap
-    result = None
-    if bufs[res_r]:
+        # ns mode: the program is init of its PID namespace, its death takes every process with it
+        for kill in (os.kill,) if NS else (os.killpg,):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    elif not NS:
         try:
-            result = json.loads(bytes(bufs[res_r]).decode("utf-8", "replace"))
-        except ValueError:
-            result = None
-    sig = None
-    code = None
-    if exit_status is not None:
-        if os.WIFSIGNALED(exit_status):
-            sig = os.WTERMSIG(exit_status)
-        elif os.WIFEXITED(exit_status):
-            code = os.WEXITSTATUS(exit_status)
-    reply["signal"], reply["exit_code"] = sig, code
-    if timed_out:
-        reply["status"] = "timeout"
-        reply["error"] = "wall-clock timeout after %.1f s" % timeout
-    elif sig == signal.SIGXCPU:
-        reply["status"] = "timeout"
-        reply["error"] = "CPU-time limit exceeded"
-    elif result is not None and isinstance(result, dict) and result.get("status"):
-        reply.update(result)
-    elif sig is not None:
-        reply["status"] = "oom" if sig == signal.SIGKILL else "error"
-        reply["error"] = "killed by signal %d" % sig
-    else:
-        reply["status"] = "error"
-        reply["error"] = "program exited (code %s) without a result" % code
-    return reply
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if exit_status is None:
+        _, exit_status = os.waitpid(pid, 0)
+    for i, fd in enumerate(fds):
+        if fd in open_fds:
+            for _ in range(64):
+                before = counts[i][0]
+                if not _read_some(fd, bufs[i], caps[i], counts[i]) or counts[i][0] == before:
+                    break
+        os.close(fd)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    sig = os.WTERMSIG(exit_status) if os.WIFSIGNALED(exit_status) else None
+    code = os.WEXITSTATUS(exit_status) if os.WIFEXITED(exit_status) else None
+    return {"wall_s": round(time.monotonic() - t0, 4), "timed_out": timed_out, "signal": sig, "exit_code": code,
+            "stdout": bytes(bufs[0]).decode("utf-8", "replace"), "stderr": bytes(bufs[1]).decode("utf-8", "replace"),
+            "stdout_truncated": counts[0][0] > cap, "stderr_truncated": counts[1][0] > cap,
+            "report": bytes(bufs[2]).decode("utf-8", "replace"), "report_truncated": counts[2][0] > caps[2]}
 
 
 def main():
-    try:
-        info = setup()
-    except BaseException as e:
-        sys.stdout.write(json.dumps({"ready": False, "error": "%s: %s" % (type(e).__name__, e)}) + "\n")
-        sys.stdout.flush()
-        return 1
     sys.dont_write_bytecode = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tmp_root = tempfile.mkdtemp(prefix="lorasoups-sbx-")
-    info["tmp_root"] = tmp_root
+    if not NS:
+        CFG["tmp_root"] = tempfile.mkdtemp(prefix="lorasoups-sbx-")
+    info = {"uid": os.getuid(), "python": sys.version.split()[0], "pid": os.getpid()}
     sys.stdout.write(json.dumps({"ready": True, "info": info}) + "\n")
     sys.stdout.flush()
     for line in sys.stdin:
-        line = line.strip()
-        if not line:
+        if not line.strip():
             continue
         try:
-            req = json.loads(line)
-            reply = run_one(req, tmp_root)
+            reply = run_one(json.loads(line))
         except Exception as e:  # a worker bug must not kill the pool silently
-            reply = {"status": "error", "error": "sandbox worker: %s: %s" % (type(e).__name__, e)}
+            reply = {"worker_error": "%s: %s" % (type(e).__name__, e)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
-    shutil.rmtree(tmp_root, ignore_errors=True)
+    if CFG.get("tmp_root"):
+        shutil.rmtree(CFG["tmp_root"], ignore_errors=True)
     return 0
 
 

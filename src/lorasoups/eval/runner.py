@@ -49,7 +49,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "timeout_s": None,           # per program (default: the task's)
     "sandbox_workers": None,
-    "sandbox_isolation": "auto",
+    "sandbox_isolation": "auto",  # auto | bwrap | bwrap-userns | weak (explicit opt-in; docs/sandbox.md)
     "overwrite": False,
     "rescore": None,             # a previous output folder: re-score its completions, no model
     "progress": False,
@@ -74,6 +74,8 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"batch_size must be a positive integer, got {o['batch_size']!r}")
     if o["backend"] not in ("hf", "vllm"):
         problems.append(f"backend must be hf or vllm, got {o['backend']!r}")
+    if o["sandbox_isolation"] not in ("auto", "bwrap", "bwrap-userns", "weak"):
+        problems.append(f"sandbox_isolation must be auto, bwrap, bwrap-userns or weak, got {o['sandbox_isolation']!r}")
     if o["timeout_s"] is not None and float(o["timeout_s"]) <= 0:
         problems.append("timeout_s must be positive")
     if problems:

