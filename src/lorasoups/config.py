@@ -333,7 +333,7 @@ SKILL_KEYS = {"data", "train", "description"}
 METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled"}
 EVAL_KEYS = {"options", "tasks"}
 TASK_KEYS = {"task", "role", "skill", "enabled", "options"}
-REPORT_KEYS = {"columns", "title", "compare_to"}
+REPORT_KEYS = {"columns", "title", "compare_to", "forest_columns"}
 COLUMN_KEYS = {"label", "task", "metric", "better", "target"}
 ROLES = ("target", "skill", "other")
 
@@ -906,6 +906,15 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
             for x in cmp_raw:
                 if x not in labels:
                     p.add("report.compare_to", f"{x!r} is not a method of this config{suggest(x, labels)}")
+    forest_raw = rep.get("forest_columns")
+    if forest_raw is not None:
+        col_labels = [c.get("label") for c in (rep.get("columns") or []) if isinstance(c, Mapping)]
+        if not isinstance(forest_raw, list) or not all(isinstance(x, str) for x in forest_raw):
+            p.add("report.forest_columns", f"must be a list of column labels, got {_fmt(forest_raw)}")
+        else:
+            for x in forest_raw:
+                if x not in col_labels:
+                    p.add("report.forest_columns", f"{x!r} is not a label of report.columns{suggest(x, col_labels)}")
 
     if p.items:
         n = len(p.items)

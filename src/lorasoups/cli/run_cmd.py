@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(doc))
     print(superlinearity_summary(doc))
-    print(f"\nresults: {out / 'results.md'}  {out / 'results.csv'}  {out / 'results.png'}  {out / 'results.json'}")
+    forest = f"  {out / 'forest.png'}" if (out / "forest.png").exists() else ""
+    print(f"\nresults: {out / 'results.md'}  {out / 'results.csv'}  {out / 'results.png'}{forest}  {out / 'results.json'}")
     print(f"steps run this time: {len(runner.executed)} of {len(runner.steps)} (log: {out / 'steps.jsonl'})")
     return 0

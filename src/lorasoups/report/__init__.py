@@ -1,5 +1,6 @@
 """Reports of an experiment run: ``results.md`` / ``results.csv`` tables (mean ± standard error,
-best per column marked), ``results.png`` (grouped bar chart), super-linearity check and paired
+best per column marked), ``results.png`` (grouped bar chart), ``forest.png`` (paired differences
+vs the reference rows, :mod:`.forest`), super-linearity check and paired
 differences (:mod:`.analysis`). ``lorasoups report RUN_DIR`` rebuilds them from ``results.json``."""
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from ..errors import LorasoupsError
 
 
 def write_report(doc: dict[str, Any], run_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv`` and ``results.png`` for a results document.
+    """Write ``results.md``, ``results.csv``, ``results.png`` and (where the config names reference
+    rows in ``report.compare_to``) ``forest.png`` for a results document.
 
     Returns:
-        name -> written path.
+        name -> written path (``forest`` only when a forest plot was drawn).
     """
     from ..paths import atomic_write_text
+    from .forest import plot_forest
     from .plot import plot_results
     from .tables import csv_table, results_markdown
 
@@ -27,7 +30,13 @@ def write_report(doc: dict[str, Any], run_dir: str | Path) -> dict[str, Path]:
     atomic_write_text(md, results_markdown(doc))
     atomic_write_text(cs, csv_table(doc))
     png = plot_results(doc, run_dir / "results.png")
-    return {"md": md, "csv": cs, "png": png}
+    written = {"md": md, "csv": cs, "png": png}
+    forest = plot_forest(doc, run_dir / "forest.png")
+    if forest is not None:
+        written["forest"] = forest
+    elif (run_dir / "forest.png").exists():  # a stale plot of an earlier analysis
+        (run_dir / "forest.png").unlink()
+    return written
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
