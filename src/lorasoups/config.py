@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LorasoupsError
 from .registry import suggest
 
 # ----------------------------------------------------------------------------------------------
@@ -594,6 +594,30 @@ def live_schemas() -> Schemas:
                    descriptions=descriptions, train_check=train_check, eval_check=eval_check, notes=notes)
 
 
+def _file_task(p: Any, path: str, tname: Any, source: str | None, s: Schemas) -> Any:
+    """A task file spec (``my_target.jsonl[:key=value,...]``, relative to the config file's folder)
+    registered as a task: its name (added to the schemas); other values unchanged. Problems with
+    the file are added to ``p``."""
+    try:
+        from .eval.tasks.custom import is_task_file_spec
+    except ModuleNotFoundError:
+        return tname
+    if not isinstance(tname, str) or (s.tasks is not None and tname in s.tasks) or not is_task_file_spec(tname):
+        return tname
+    from .eval.registry import register_file_task
+
+    try:
+        task = register_file_task(tname, base_dir=Path(source).parent if source else None)
+    except LorasoupsError as e:
+        p.add(path, str(e))
+        return tname
+    if s.tasks is not None:
+        s.tasks.add(task.name)
+    if s.task_metrics is not None:
+        s.task_metrics[task.name] = set(task.metrics)
+    return task.name
+
+
 def _value_problems(check: Callable[..., Any], opts: dict[str, Any]) -> list[str]:
     """Run a piece's own option validation (``make_options`` / ``resolve_options``) and return its
     problems (empty when the options are fine)."""
@@ -844,6 +868,7 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         if body.get("enabled", True) is False:
             continue
         tname = body.get("task", label)
+        tname = _file_task(p, path, tname, source, s)
         if s.tasks is not None and tname not in s.tasks:
             p.add(path, f"unknown task {tname!r}{suggest(str(tname), list(s.tasks))}; known: {', '.join(sorted(s.tasks))}")
         role = body.get("role", "other")
