@@ -481,7 +481,11 @@ class Schemas:
     train_options: dict[str, Any] | None = None
     eval_options: dict[str, Any] | None = None
     datasets: set[str] | None = None
-    data_spec_keys: set[str] = field(default_factory=lambda: {"max_samples", "fraction", "weight", "format"})
+    data_spec_keys: set[str] = field(default_factory=lambda: {"max_samples", "fraction", "weight", "format",
+                                                              # field mappings (train/data.py FIELD_KEYS)
+                                                              "instruction", "input", "output", "prompt",
+                                                              "completion", "messages", "question", "answer",
+                                                              "code", "context", "answers"})
     task_metrics: dict[str, set[str]] | None = None
     merge_driver: dict[str, Any] = field(default_factory=lambda: dict(MERGE_DRIVER_KEYS))
     descriptions: dict[str, str] = field(default_factory=dict)
@@ -689,7 +693,7 @@ def _check_values(p: _Problems, path: str, opts: Mapping[str, Any], schema: Mapp
 
 def _check_data_spec(p: _Problems, path: str, spec: str, s: Schemas) -> None:
     name, _, rest = spec.partition(":")
-    looks_like_file = "/" in name or name.endswith((".json", ".jsonl", ".txt"))
+    looks_like_file = "/" in name or name.endswith((".json", ".jsonl", ".txt", ".csv", ".tsv", ".parquet", ".md"))
     if not looks_like_file and s.datasets is not None and name not in s.datasets:
         p.add(path, f"unknown dataset {name!r}{suggest(name, list(s.datasets))} (a catalogue name or a file path)")
     if looks_like_file and not Path(name).expanduser().exists():
