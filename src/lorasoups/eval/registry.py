@@ -5,6 +5,10 @@ shared with training (:mod:`lorasoups.prompts`; few-shot demos become earlier ch
 completion (and, for code tasks, the sandbox's :class:`~lorasoups.eval.sandbox.ExecResult`) into
 per-item scores, and aggregates them into metrics with standard errors. Bump a task's ``version``
 whenever its prompt, data selection, extraction or scoring changes, so results stay comparable.
+
+Besides the built-in task modules (:data:`TASK_MODULES`), tasks come from a user's data file
+(:func:`register_file_task`, :mod:`lorasoups.eval.tasks.custom`) and from the ``lorasoups.tasks``
+entry points of installed distributions (:func:`load_entry_point_tasks`; docs/evaluation.md).
 """
 
 from __future__ import annotations
