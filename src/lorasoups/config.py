@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LorasoupsError
 from .registry import suggest
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +481,11 @@ class Schemas:
     train_options: dict[str, Any] | None = None
     eval_options: dict[str, Any] | None = None
     datasets: set[str] | None = None
-    data_spec_keys: set[str] = field(default_factory=lambda: {"max_samples", "fraction", "weight", "format"})
+    data_spec_keys: set[str] = field(default_factory=lambda: {"max_samples", "fraction", "weight", "format",
+                                                              # field mappings (train/data.py FIELD_KEYS)
+                                                              "instruction", "input", "output", "prompt",
+                                                              "completion", "messages", "question", "answer",
+                                                              "code", "context", "answers"})
     task_metrics: dict[str, set[str]] | None = None
     merge_driver: dict[str, Any] = field(default_factory=lambda: dict(MERGE_DRIVER_KEYS))
     descriptions: dict[str, str] = field(default_factory=dict)
@@ -594,6 +598,30 @@ def live_schemas() -> Schemas:
                    descriptions=descriptions, train_check=train_check, eval_check=eval_check, notes=notes)
 
 
+def _file_task(p: Any, path: str, tname: Any, source: str | None, s: Schemas) -> Any:
+    """A task file spec (``my_target.jsonl[:key=value,...]``, relative to the config file's folder)
+    registered as a task: its name (added to the schemas); other values unchanged. Problems with
+    the file are added to ``p``."""
+    try:
+        from .eval.tasks.custom import is_task_file_spec
+    except ModuleNotFoundError:
+        return tname
+    if not isinstance(tname, str) or (s.tasks is not None and tname in s.tasks) or not is_task_file_spec(tname):
+        return tname
+    from .eval.registry import register_file_task
+
+    try:
+        task = register_file_task(tname, base_dir=Path(source).parent if source else None)
+    except LorasoupsError as e:
+        p.add(path, str(e))
+        return tname
+    if s.tasks is not None:
+        s.tasks.add(task.name)
+    if s.task_metrics is not None:
+        s.task_metrics[task.name] = set(task.metrics)
+    return task.name
+
+
 def _value_problems(check: Callable[..., Any], opts: dict[str, Any]) -> list[str]:
     """Run a piece's own option validation (``make_options`` / ``resolve_options``) and return its
     problems (empty when the options are fine)."""
@@ -665,7 +693,7 @@ def _check_values(p: _Problems, path: str, opts: Mapping[str, Any], schema: Mapp
 
 def _check_data_spec(p: _Problems, path: str, spec: str, s: Schemas) -> None:
     name, _, rest = spec.partition(":")
-    looks_like_file = "/" in name or name.endswith((".json", ".jsonl", ".txt"))
+    looks_like_file = "/" in name or name.endswith((".json", ".jsonl", ".txt", ".csv", ".tsv", ".parquet", ".md"))
     if not looks_like_file and s.datasets is not None and name not in s.datasets:
         p.add(path, f"unknown dataset {name!r}{suggest(name, list(s.datasets))} (a catalogue name or a file path)")
     if looks_like_file and not Path(name).expanduser().exists():
@@ -844,6 +872,7 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         if body.get("enabled", True) is False:
             continue
         tname = body.get("task", label)
+        tname = _file_task(p, path, tname, source, s)
         if s.tasks is not None and tname not in s.tasks:
             p.add(path, f"unknown task {tname!r}{suggest(str(tname), list(s.tasks))}; known: {', '.join(sorted(s.tasks))}")
         role = body.get("role", "other")

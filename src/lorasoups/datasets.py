@@ -116,6 +116,40 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+#: Suffixes of tabular files :func:`read_records` reads (besides ``.json`` / ``.jsonl``).
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a local data file, by suffix: ``.csv`` / ``.tsv`` (pandas; every cell read as a
+    string, empty cells as ``""``), ``.parquet`` (pyarrow; list columns become lists), anything
+    else as JSON / JSONL (:func:`read_json_records`).
+
+    Raises:
+        DataError: unreadable or malformed file; the message names the file.
+    """
+    path = Path(path)
+    suf = path.suffix.lower()
+    if suf in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(path, sep="\t" if suf == ".tsv" else ",", dtype=str, keep_default_na=False)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read as {suf[1:].upper()}: {e}") from None
+        return [{str(k): v for k, v in r.items()} for r in df.to_dict(orient="records")]
+    if suf == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read as Parquet: {e}") from None
+    return read_json_records(path)
+
+
 def squad_records(path: Path) -> list[dict[str, Any]]:
     """Flatten the SQuAD explorer file into records {context, question, answers, is_impossible, title}."""
     try:

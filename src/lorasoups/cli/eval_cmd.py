@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     add_base_arg(p)
     p.add_argument("--adapter", default=None, help="PEFT LoRA adapter folder or MoE folder")
     p.add_argument("--task", action="append", required=True, metavar="NAME",
-                   help="task name (repeatable, or comma-separated; 'all' for every task)")
+                   help="task name (repeatable, or comma-separated; 'all' for every task) or your own data file "
+                        "PATH.jsonl/.csv/.parquet[:key=value,...] (docs/evaluation.md)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (per format for prompt_formats)")
     p.add_argument("--shots", type=int, default=None, help="few-shot demos (default: the task's)")

@@ -5,6 +5,10 @@ shared with training (:mod:`lorasoups.prompts`; few-shot demos become earlier ch
 completion (and, for code tasks, the sandbox's :class:`~lorasoups.eval.sandbox.ExecResult`) into
 per-item scores, and aggregates them into metrics with standard errors. Bump a task's ``version``
 whenever its prompt, data selection, extraction or scoring changes, so results stay comparable.
+
+Besides the built-in task modules (:data:`TASK_MODULES`), tasks come from a user's data file
+(:func:`register_file_task`, :mod:`lorasoups.eval.tasks.custom`) and from the ``lorasoups.tasks``
+entry points of installed distributions (:func:`load_entry_point_tasks`; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from ..registry import Registry, lazy_loader
 from .metrics import Metric, mean_stderr
 
 LIKELIHOOD_METRICS = ("nll_gold", "nll_control", "nll_gap", "gold_preferred")
+DEFAULT_DIRECTIONS: dict[str, str | None] = {"nll_gold": "lower", "nll_control": None, "nll_gap": "higher",
+                                             "gold_preferred": "higher"}
+#: Entry-point group for tasks defined outside the package (docs/evaluation.md, "Registering a task").
+ENTRY_POINT_GROUP = "lorasoups.tasks"
 
 TASK_MODULES = [
     "lorasoups.eval.tasks.math_code",
@@ -102,6 +110,9 @@ class Task:
         score_metrics: names of the metrics computed from completions.
         metrics: every metric name the task can report (completion metrics, then likelihood
             metrics when the task has gold responses).
+        primary_metrics: the metrics that summarise the task (default: the first completion
+            metric, or ``nll_gap`` for a likelihood-only task); reported in ``results.json``.
+        metric_directions: ``{metric: "higher" | "lower"}`` overrides of :meth:`direction`.
     """
 
     name: str = ""
@@ -119,10 +130,26 @@ class Task:
     timeout_s: float = 5.0
     likelihood_note: str | None = None
     score_metrics: tuple[str, ...] = ()
+    primary_metrics: tuple[str, ...] = ()
+    metric_directions: dict[str, str] = {}
 
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(self.score_metrics) + (() if self.likelihood_note else LIKELIHOOD_METRICS)
+
+    def primary(self) -> tuple[str, ...]:
+        """The primary metrics (:attr:`primary_metrics`, default the first completion metric)."""
+        if self.primary_metrics:
+            return tuple(self.primary_metrics)
+        return tuple(self.score_metrics[:1]) or (("nll_gap",) if not self.likelihood_note else ())
+
+    def direction(self, metric: str) -> str | None:
+        """``"higher"`` or ``"lower"`` (which is better) for ``metric``; None when neither is
+        (``nll_control``, the likelihood of a mismatched answer, is a reference, not a goal).
+        Default: lower for ``nll_gold``, higher for every other metric."""
+        if metric in self.metric_directions:
+            return self.metric_directions[metric]
+        return DEFAULT_DIRECTIONS.get(metric, "higher")
 
     # -- data -------------------------------------------------------------------------------
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
@@ -183,19 +210,123 @@ def register_task(task: Task) -> Task:
 _load = lazy_loader(TASK_MODULES)
 
 
+_plugins_loaded = {"v": False}
+
+
 def load_tasks() -> Registry[Task]:
-    """Import the task modules (so they register) and return :data:`TASKS`."""
+    """Import the task modules (so they register), load the tasks of installed distributions'
+    ``lorasoups.tasks`` entry points (once), and return :data:`TASKS`."""
     _load()
+    if not _plugins_loaded["v"]:
+        _plugins_loaded["v"] = True
+        load_entry_point_tasks()
     return TASKS
 
 
+def _entry_points() -> list[Any]:
+    from importlib import metadata
+
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_entry_point_tasks() -> list[str]:
+    """Register the tasks of every ``lorasoups.tasks`` entry point of the installed distributions.
+
+    An entry point may name a :class:`Task` instance, a :class:`Task` subclass (instantiated with
+    no arguments), a callable returning a task or a list of tasks, or a module that registers its
+    tasks itself with :func:`register_task` when imported. A task whose name is already
+    registered by the same object is skipped; another object with a taken name is an error.
+
+    Returns:
+        The names registered by this call.
+
+    Raises:
+        ConfigError: an entry point cannot be loaded or gives something that is not a task; the
+            message names the entry point and its distribution.
+    """
+    import inspect
+    import types
+
+    from ..errors import ConfigError
+
+    added: list[str] = []
+    for ep in _entry_points():
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        label = f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}, distribution {dist})"
+        before = set(TASKS.names())
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - any import failure of a plugin is reported the same way
+            raise ConfigError(f"{label}: cannot load: {type(e).__name__}: {e}") from None
+        if isinstance(obj, types.ModuleType):
+            added += sorted(set(TASKS.names()) - before)
+            continue
+        if inspect.isclass(obj) and issubclass(obj, Task):
+            obj = obj()
+        elif callable(obj) and not isinstance(obj, Task):
+            obj = obj()
+        objs = obj if isinstance(obj, (list, tuple)) else [obj]
+        for t in objs:
+            if not isinstance(t, Task) or not t.name:
+                raise ConfigError(f"{label}: gives {t!r}, not a lorasoups Task with a name")
+            if t.name in TASKS:
+                if type(TASKS.get(t.name)) is type(t):
+                    continue
+                raise ConfigError(f"{label}: task name {t.name!r} is already taken")
+            register_task(t)
+            added.append(t.name)
+    return added
+
+
 def get_task(name: str) -> Task:
-    """The task called ``name``.
+    """The task called ``name``; a task file spec (``PATH[:key=value,...]``, see
+    :mod:`lorasoups.eval.tasks.custom`) is read and registered under its name first.
 
     Raises:
         UnknownNameError: unknown name, with "did you mean" suggestions.
+        ConfigError / DataError: a bad task file spec or a missing file.
     """
-    return load_tasks().get(name)
+    reg = load_tasks()
+    if name not in reg:
+        from .tasks.custom import is_task_file_spec
+
+        if is_task_file_spec(name):
+            return register_file_task(name)
+    return reg.get(name)
+
+
+def register_file_task(spec: str | Path, base_dir: str | Path | None = None) -> Task:
+    """Register the task of a file spec ``PATH[:key=value,...]`` and return it.
+
+    A relative ``PATH`` is taken relative to ``base_dir`` (e.g. the config file's folder) when
+    given, else to the working directory. Registering the same file with the same options again
+    returns the registered task; a different file or options under a taken name is an error
+    (set ``name=`` in the spec).
+
+    Raises:
+        ConfigError: a taken name, unknown options.
+        DataError: the file does not exist.
+    """
+    from ..errors import ConfigError
+    from .tasks.custom import FileTask, split_task_spec
+
+    path, opts = split_task_spec(str(spec))
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    task = FileTask(p, opts)
+    load_tasks()
+    if task.name in TASKS:
+        old = TASKS.get(task.name)
+        if isinstance(old, FileTask) and old.path == task.path and old.version == task.version and old.mode == task.mode:
+            return old
+        if isinstance(old, FileTask):  # the same name re-read (a changed file or options): replace it
+            if old.path == task.path:
+                TASKS._items[task.name] = task
+                return task
+        raise ConfigError(f"task file {task.path}: the task name {task.name!r} is already taken"
+                          f" by {getattr(old, 'path', 'a built-in task')}; add :name=OTHER to the spec")
+    return register_task(task)
 
 
 def load_records(dataset: str, data_dir: str | Path | None, task: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ are in the samples file (``scores``), so two runs can be compared item by item w
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -85,8 +86,9 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand_task_names(names: Iterable[str] | str) -> list[str]:
-    """Task names from a list (entries may be comma-separated; ``all`` = every task), in order,
-    without duplicates.
+    """Task names from a list (entries may be comma-separated; ``all`` = every task; a task file
+    spec ``PATH[:key=value,...]`` is registered and gives its task's name), in order, without
+    duplicates.
 
     Raises:
         UnknownNameError: an unknown name (with "did you mean").
@@ -97,11 +99,18 @@ def expand_task_names(names: Iterable[str] | str) -> list[str]:
     reg = load_tasks()
     out: list[str] = []
     for entry in names:
+        parts: list[str] = []
         for n in str(entry).split(","):
+            # ``key=value`` pieces belong to the task file spec before them (``t.jsonl:prompt=q,answers=a``)
+            if parts and "=" in n and ":" in parts[-1] and re.match(r"^\s*[A-Za-z_]+\s*=", n):
+                parts[-1] += "," + n
+            else:
+                parts.append(n)
+        for n in parts:
             n = n.strip()
             if not n:
                 continue
-            batch = reg.names() if n == "all" else [reg.get(n).name]
+            batch = reg.names() if n == "all" else [get_task(n).name]
             for x in batch:
                 if x not in out:
                     out.append(x)
@@ -341,7 +350,8 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
                 metrics = Task.aggregate(t, items, records)
             entry = {
                 "version": t.version, "kind": t.kind, "description": t.description, "n_items": len(items),
-                "metrics": metrics, "notes": notes,
+                "metrics": metrics, "notes": notes, "primary_metrics": list(t.primary()),
+                "directions": {m: t.direction(m) for m in metrics},
                 "options": {"shots": k, "max_new_tokens": max_new if generating else None,
                             "timeout_s": (opts["timeout_s"] or t.timeout_s) if t.executes_code else None,
                             "stop": list(t.stop), "stop_regex": t.stop_regex, "stop_rule": t.stop_note},

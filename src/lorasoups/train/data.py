@@ -10,6 +10,11 @@ Record formats (``format=`` key; ``auto`` picks one from the catalogue entry, th
 fields of the records):
 
 - ``instruction``: ``instruction``, optional ``input``, ``output`` (Alpaca, CodeAlpaca, prompt-format sets).
+- ``prompt_completion``: ``prompt`` -> ``completion``; the prompt is the user turn, rendered in the
+  shared format like an instruction (so evaluation with the same prompt sees the same text).
+- ``messages``: a chat ``messages`` list of ``{role: system|user|assistant, content}``; rendered with
+  the tokenizer's chat template up to the *last* assistant turn, which is the response: the loss is
+  on that turn only (earlier assistant turns are context). Turns after it are ignored.
 - ``qa``: ``question`` -> ``answer`` (GSM8K: the worked solution ending in ``#### n`` is kept).
 - ``mbpp``: ``text`` -> ``code``.
 - ``squad``: ``context`` + ``question`` -> first of ``answers``; unanswerable questions are skipped.
@@ -18,6 +23,10 @@ fields of the records):
 - ``text``: raw text for continued pre-training: the whole corpus is tokenised once, cut into
   windows of ``cutoff_len`` tokens that overlap by ``text_overlap`` tokens and together cover every
   token (:func:`chunk_spans`), with the loss on every token.
+
+Files: ``.json`` (a list) and ``.jsonl``, ``.csv`` / ``.tsv`` and ``.parquet``
+(:func:`lorasoups.datasets.read_records`). Field mapping: ``FIELD=COLUMN`` keys in the spec read a
+format's field from another column, e.g. ``my.csv:prompt=question,completion=answer``.
 
 Instruction-like records are turned into prompt/response token ids by the one prompt format shared
 with evaluation (:func:`lorasoups.prompts.render_prompt`, :func:`lorasoups.prompts.encode_pair`):
@@ -40,23 +49,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..datasets import DATASETS, load_dataset, read_json_records, squad_records
+from ..datasets import DATASETS, load_dataset, read_records, squad_records
 from ..errors import ConfigError, DataError
 from ..prompts import (IGNORE_INDEX, PromptTooLong, ResponseTooLong, encode_continuation, encode_pair, render_prompt,
                        start_tokens, user_text)
 from ..registry import suggest
+from .formats import (FIELD_KEYS, ROLES, SQUAD_INSTRUCTION, SQUAD_RESPONSE, TextExample, apply_field_map,  # noqa: F401
+                      record_to_example, render_messages)
+from .formats import _detect_format
 
-FORMATS = ("auto", "instruction", "qa", "mbpp", "squad", "text")
+FORMATS = ("auto", "instruction", "prompt_completion", "messages", "qa", "mbpp", "squad", "text")
 SPEC_KEYS = ("max_samples", "fraction", "weight", "format")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
+RECORD_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 DEFAULT_TEXT_OVERLAP = 32
 
-SQUAD_INSTRUCTION = (
-    "Please use the information in the provided context to respond to the question below. "
-    "If there is not enough information provided, answer with 'Not in context'.\n\n"
-    "Context: {context}. \n\nQuestion: {question}"
-)
-SQUAD_RESPONSE = "the correct answer is {answer}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,6 +80,8 @@ class DataSpec:
         fraction: keep this fraction (0 < f <= 1) of the examples, at least one.
         weight: mixing weight in DATA-MIX (see module docstring); None = plain union.
         format: record format, one of :data:`FORMATS`.
+        fields: field mapping ``((field, column), ...)``: the record's ``field`` is read from
+            ``column`` (keys of :data:`FIELD_KEYS`).
     """
 
     source: str
@@ -80,10 +89,12 @@ class DataSpec:
     fraction: float | None = None
     weight: float | None = None
     format: str = "auto"
+    fields: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         opts = [f"{k}={getattr(self, k)}" for k in SPEC_KEYS
                 if getattr(self, k) is not None and not (k == "format" and self.format == "auto")]
+        opts += [f"{k}={v}" for k, v in self.fields]
         return self.source + (":" + ",".join(opts) if opts else "")
 
     @property
@@ -99,7 +110,9 @@ def parse_data_spec(spec: str | DataSpec) -> DataSpec:
     """Parse ``SOURCE[:key=value,key=value]`` into a :class:`DataSpec`.
 
     Keys: ``max_samples`` (int >= 1), ``fraction`` (0 < f <= 1), ``weight`` (> 0), ``format``
-    (one of :data:`FORMATS`). A colon whose tail is not ``key=value`` pairs is part of the path.
+    (one of :data:`FORMATS`), and field mappings ``FIELD=COLUMN`` for the fields of
+    :data:`FIELD_KEYS` (e.g. ``prompt=question,completion=answer``). A colon whose tail is not
+    ``key=value`` pairs is part of the path.
 
     Raises:
         ConfigError: empty source, unknown key (with "did you mean"), or a bad value; the
@@ -117,9 +130,12 @@ def parse_data_spec(spec: str | DataSpec) -> DataSpec:
         for part in tail.split(","):
             k, _, v = part.partition("=")
             k, v = k.strip(), v.strip()
-            if k not in SPEC_KEYS:
-                raise ConfigError(f"data spec {spec!r}: unknown key {k!r}{suggest(k, SPEC_KEYS)}; "
-                                  f"keys: {', '.join(SPEC_KEYS)}")
+            if k not in SPEC_KEYS + FIELD_KEYS:
+                raise ConfigError(f"data spec {spec!r}: unknown key {k!r}{suggest(k, SPEC_KEYS + FIELD_KEYS)}; "
+                                  f"keys: {', '.join(SPEC_KEYS)}, or a field mapping FIELD=COLUMN with FIELD one of "
+                                  f"{', '.join(FIELD_KEYS)}")
+            if not v:
+                raise ConfigError(f"data spec {spec!r}: {k}= needs a value")
             opts[k] = v
     if not source:
         raise ConfigError(f"data spec {spec!r}: no dataset name or file before ':'")
@@ -145,6 +161,9 @@ def parse_data_spec(spec: str | DataSpec) -> DataSpec:
             raise ConfigError(f"data spec {spec!r}: unknown format {opts['format']!r}"
                               f"{suggest(opts['format'], FORMATS)}; formats: {', '.join(FORMATS)}")
         kw["format"] = opts["format"]
+    fields = tuple((k, v) for k, v in opts.items() if k in FIELD_KEYS)
+    if fields:
+        kw["fields"] = fields
     return DataSpec(source=source, **kw)
 
 
@@ -170,21 +189,6 @@ def with_weights(specs: Sequence[str | DataSpec], weights: Sequence[float] | Non
 # --------------------------------------------------------------------------------------------
 # Loading records
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TextExample:
-    """An instruction-like example before tokenisation.
-
-    Attributes:
-        instruction: the task text; ``input``: optional extra input; ``output``: the target response.
-        where: ``"<file>: record <i>"`` (0-based index in the file), used in error messages.
-    """
-
-    instruction: str
-    input: str
-    output: str
-    where: str
-
 
 @dataclass
 class LoadedSource:
@@ -214,7 +218,7 @@ def resolve_path(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[Pa
         return p.resolve(), None
     if p.exists():
         raise DataError(f"data {spec.source}: {p} is not a file")
-    looks_like_path = "/" in spec.source or p.suffix.lower() in (".json", ".jsonl") + TEXT_SUFFIXES
+    looks_like_path = "/" in spec.source or p.suffix.lower() in RECORD_SUFFIXES + TEXT_SUFFIXES
     if looks_like_path:
         raise DataError(f"data file {p} not found")
     raise DataError(f"data {spec.source!r} is neither a catalogue dataset{suggest(spec.source, DATASETS.names())} "
@@ -232,70 +236,6 @@ def _catalogue_format(name: str) -> str:
     if name == "mbpp":
         return "mbpp"
     return "instruction"
-
-
-_REQUIRED = {"instruction": ("instruction", "output"), "qa": ("question", "answer"), "mbpp": ("text", "code"),
-             "squad": ("context", "question", "answers")}
-
-
-def _detect_format(rec: dict[str, Any]) -> str | None:
-    for fmt in ("instruction", "qa", "mbpp", "squad"):
-        if all(k in rec for k in _REQUIRED[fmt]):
-            return fmt
-    if "instruction" in rec:
-        return "instruction"
-    return None
-
-
-def _field(rec: dict[str, Any], key: str, where: str, fmt: str, required: bool = True) -> str:
-    v = rec.get(key)
-    if v is None:
-        if not required:
-            return ""
-        have = ", ".join(sorted(rec)) or "none"
-        if key in rec:
-            raise DataError(f"{where}: field {key!r} is null (format {fmt!r})")
-        raise DataError(f"{where}: missing field {key!r} for format {fmt!r} (record has fields: {have})")
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DataError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
-    return str(v)
-
-
-def record_to_example(rec: dict[str, Any], fmt: str, where: str) -> TextExample | None:
-    """Convert one record of format ``fmt`` (not ``text``) to a :class:`TextExample`.
-
-    Returns None for records that are skipped by design (unanswerable SQuAD questions).
-
-    Raises:
-        DataError: missing, null or non-string fields, or (``auto``) no known field set; names ``where``.
-    """
-    if fmt == "auto":
-        det = _detect_format(rec)
-        if det is None:
-            raise DataError(f"{where}: cannot tell the record format from its fields ({', '.join(sorted(rec)) or 'none'}); "
-                            "expected instruction/input/output, question/answer, text/code or context/question/answers, "
-                            "or set :format=...")
-        fmt = det
-    if fmt == "instruction":
-        return TextExample(_field(rec, "instruction", where, fmt), _field(rec, "input", where, fmt, required=False),
-                           _field(rec, "output", where, fmt), where)
-    if fmt == "qa":
-        return TextExample(_field(rec, "question", where, fmt), "", _field(rec, "answer", where, fmt), where)
-    if fmt == "mbpp":
-        code = _field(rec, "code", where, fmt).replace("\r\n", "\n")
-        return TextExample(_field(rec, "text", where, fmt), "", code, where)
-    if fmt == "squad":
-        ctx, q = _field(rec, "context", where, fmt), _field(rec, "question", where, fmt)
-        answers = rec.get("answers")
-        if not isinstance(answers, list):
-            raise DataError(f"{where}: field 'answers' must be a list for format 'squad'")
-        texts = [a.get("text") if isinstance(a, dict) else a for a in answers]
-        texts = [str(t) for t in texts if t is not None and str(t).strip()]
-        if rec.get("is_impossible") or not texts:
-            return None
-        return TextExample(SQUAD_INSTRUCTION.format(context=ctx.strip().rstrip("."), question=q.strip()), "",
-                           SQUAD_RESPONSE.format(answer=texts[0].strip()), where)
-    raise DataError(f"{where}: format {fmt!r} is not a record format")
 
 
 def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> LoadedSource:
@@ -331,10 +271,12 @@ def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> Loa
     if fmt == "squad" and (cat is not None and DATASETS.get(cat).fmt == "squad" or _is_nested_squad(path)):
         records = squad_records(path)
     else:
-        records = read_json_records(path)
+        records = read_records(path)
     src.n_records = len(records)
     if not records:
         raise DataError(f"{path}: empty dataset (no records)")
+    if spec.fields:
+        records = [apply_field_map(r, spec.fields, f"{path}: record {i}") for i, r in enumerate(records)]
     if fmt == "auto":  # decided by the first record, then required of every record
         fmt = _detect_format(records[0]) or "auto"
         src.format = fmt
@@ -463,7 +405,10 @@ def encode_example(tokenizer: Any, ex: TextExample, cutoff_len: int | None, trai
         PromptTooLong: the prompt is not shorter than ``cutoff_len`` (names the file and record).
         ResponseTooLong: the response does not fit after the prompt and not ``truncate_response``.
     """
-    prompt = render_prompt(tokenizer, ex.instruction, ex.input or None)
+    if ex.messages is not None:
+        prompt = render_messages(tokenizer, ex.messages)
+    else:
+        prompt = render_prompt(tokenizer, ex.instruction, ex.input or None)
     try:
         return encode_pair(tokenizer, prompt, ex.output, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
                            where=ex.where, truncate_response=truncate_response)
