@@ -147,7 +147,9 @@ def _module_sort_key(m: str) -> tuple:
 
 
 def _same_base(a: str, b: str) -> bool:
-    if a == b:
+    from ..models import canonical_base_id
+
+    if a == b or canonical_base_id(a) == canonical_base_id(b):
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

@@ -181,7 +181,7 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
             "format_version": FORMAT_VERSION,
             "description": "Mixture of LoRA experts (lorasoups): frozen PEFT LoRA experts mixed per token by "
                            "top-k routers. Not a PEFT adapter; load with lorasoups.moe.load_moe_model.",
-            "base_model": base_model,
+            "base_model": _canonical(base_model),
             "experts": expert_entries(experts, names, out),
             "top_k": min(int(top_k), n),
             "router_layers": router_layers,
@@ -263,3 +263,9 @@ def load_moe_model(base_model: Any, folder: str | os.PathLike, *, verify: bool =
         p.requires_grad_(False)
     base_model.eval()
     return base_model
+
+
+def _canonical(base_model: str | None) -> str | None:
+    from ..models import canonical_base_id
+
+    return canonical_base_id(base_model)

@@ -306,7 +306,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..models import EMBEDDED, load_tokenizer, resolve_base
+    from ..models import EMBEDDED, canonical_base_id, load_tokenizer, resolve_base
     from ..provenance import git_commit, package_versions, sha256_file
     from .data import load_training_data, with_weights
 
@@ -445,7 +445,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
 
     if trainer.is_world_process_zero():
         peft_model = trainer.model
-        peft_model.peft_config["default"].base_model_name_or_path = base if base in EMBEDDED else str(base_path)
+        peft_model.peft_config["default"].base_model_name_or_path = canonical_base_id(base if base in EMBEDDED else str(base_path))
         log_lines = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines() if x.strip()]
         losses = [x["loss"] for x in log_lines if "loss" in x]
         tps = [x["tokens_per_s"] for x in log_lines if "tokens_per_s" in x]
