@@ -309,7 +309,10 @@ def load_peft_adapter(model: torch.nn.Module, adapter: str | os.PathLike, allow_
                 raise AdapterError(f"{adapter}: PEFT did not take tensors {_shown(list(res.unexpected_keys))}")
             remapped = sum(1 for m, k in aligned.tensor_keys.items() if k[0] != f"{PREFIX}{m}.lora_A.weight")
     except (ValueError, KeyError, RuntimeError, OSError, TypeError) as e:
-        raise AdapterError(f"{adapter}: PEFT could not load this adapter: {str(e).splitlines()[0][:300]}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        sizes = [ln for ln in lines if "size mismatch" in ln]
+        what = (f"{len(sizes)} size mismatch(es), first: {sizes[0][:300]}" if sizes else (lines or ["?"])[0][:300])
+        raise AdapterError(f"{adapter}: PEFT could not load this adapter: {what}") from None
     pm.eval()
     verify_peft_model(pm, aligned, where=str(adapter))
     return pm, aligned, remapped

@@ -79,6 +79,26 @@ def render_model_card(*, base_model: str | None, method: str, description: str =
     return str(card)
 
 
+def data_checksums(specs: Sequence[Any], data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """``[{"name", "file", "sha256"}]`` for data specs (catalogue names or files); a spec that
+    cannot be resolved (or a non-string, e.g. tokenised examples) is listed without a checksum."""
+    from ..provenance import sha256_file
+
+    out: list[dict[str, Any]] = []
+    for s in specs:
+        if not isinstance(s, str):
+            out.append({"name": type(s).__name__, "sha256": None})
+            continue
+        try:
+            from ..train.data import parse_data_spec, resolve_path
+
+            f, _ = resolve_path(parse_data_spec(s), data_dir)
+            out.append({"name": s, "file": str(f), "sha256": sha256_file(f)})
+        except Exception:  # noqa: BLE001 - the card still lists the spec
+            out.append({"name": s, "sha256": None})
+    return out
+
+
 def write_model_card(folder: str | os.PathLike, **fields: Any) -> Path:
     """Write ``folder/README.md`` (see :func:`render_model_card` for the fields). Not atomic on its
     own: call it inside the output's :func:`lorasoups.paths.atomic_dir`."""

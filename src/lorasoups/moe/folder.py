@@ -200,6 +200,13 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
         }
         cfg.update(extra or {})
         write_moe_files(tmp, cfg, router_state(dict(layers)), log)
+        from ..io.card import write_model_card
+
+        tr = dict(training or {})
+        write_model_card(tmp, base_model=base_model, method="moe",
+                         description=f"Mixture of {n} LoRA experts, top-{cfg['top_k']} per-token routers",
+                         adapters=names, data=tr.get("data_checksums") or (),
+                         metrics={k: tr[k] for k in ("val_loss_before", "val_loss_after", "first_loss", "last_loss") if k in tr} or None)
     return Path(out)
 
 
