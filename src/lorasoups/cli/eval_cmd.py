@@ -55,8 +55,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.runner import evaluate, metric_table
 
+    from ..io.hub import resolve_adapter_arg
+
     res = evaluate(
-        args.base, args.adapter, args.task, args.out,
+        args.base, resolve_adapter_arg(args.adapter) if args.adapter else None, args.task, args.out,
         limit=args.limit, shots=args.shots, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         allow_code_execution=args.allow_code_execution, generate=not args.no_generate,
         likelihood=not args.no_likelihood, backend=args.backend, device=args.device, precision=args.precision, prefix_cache=not args.no_prefix_cache,

@@ -45,10 +45,11 @@ def base_linear_modules(base: str | None) -> tuple[dict[str, tuple[int, int]], s
     """
     if not base:
         return None
-    from ..models import EMBEDDED, embedded_path
+    from ..models import embedded_name_of, embedded_path
 
-    if base in EMBEDDED:
-        folder = embedded_path(base)
+    emb = embedded_name_of(base)
+    if emb is not None and (base == emb or not Path(base).expanduser().exists()):
+        folder = embedded_path(emb)
         if not (folder / ".lorasoups-complete").is_file():
             return None
     else:
