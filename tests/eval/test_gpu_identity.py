@@ -191,3 +191,40 @@ def test_hub_adapter_offline_message(tiny_dir, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc != 0 and "someorg/some-lora" in err and "HF_HUB_OFFLINE=1" in err
     assert "Traceback" not in err and not (tmp_path / "m").exists()
+
+
+# ---- a model card in every output folder ------------------------------------------------------------
+
+def test_every_output_folder_has_a_model_card(tiny_dir, skill_file, tmp_path):
+    pytest.importorskip("nevergrad")
+    a = make_peft_adapter(tiny_dir, tmp_path / "a", r=4, seed=1)
+    b = make_peft_adapter(tiny_dir, tmp_path / "b", r=4, seed=2)
+    common = ["--base", str(tiny_dir), "--adapters", str(a), str(b), "--data", str(skill_file)]
+    outs = {
+        "cat": ["cat", *common, "--out", str(tmp_path / "cat"), "--steps", "2", "--batch-size", "4",
+                "--fraction", "1", "--device", "cpu", "--precision", "fp32", "--quiet"],
+        "moe": ["moe", *common, "--out", str(tmp_path / "moe"), "--steps", "2", "--batch-size", "4",
+                "--fraction", "1", "--device", "cpu", "--quiet"],
+        "lorahub": ["lorahub", *common, "--out", str(tmp_path / "lorahub"), "--budget", "3", "--examples", "3",
+                    "--device", "cpu", "--quiet"],
+        "data_mix": ["train", "--base", str(tiny_dir), "--data", str(skill_file), "--data", str(skill_file),
+                     "--out", str(tmp_path / "data_mix"), "--max-steps", "1", "--batch-size", "4",
+                     "--cutoff-len", "64", "--no-progress", "--device", "cpu"],
+        "ties": ["merge", "--method", "ties", "--adapters", str(a), str(b), "--rank", "4",
+                 "--out", str(tmp_path / "ties"), "--quiet"],
+    }
+    for method, argv in outs.items():
+        assert main(argv) == 0, method
+        card = (tmp_path / method / "README.md").read_text()
+        assert card.startswith("---\n") and f"**Method:** `{method}`" in card, method
+        assert "**Base model:** `tiny`" in card, method
+        if method in ("cat", "moe", "lorahub", "data_mix"):
+            assert "## Training data" in card and "colours.json" in card, method
+        if method != "data_mix":
+            assert "## Inputs" in card, method
+    assert "## CAT coefficients" in (tmp_path / "cat" / "README.md").read_text()
+    assert "(weight " in (tmp_path / "lorahub" / "README.md").read_text()
+    # the card does not disturb loading with PEFT
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(str(tmp_path / "cat")).r >= 4

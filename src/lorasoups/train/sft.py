@@ -486,7 +486,9 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "torch_threads": torch.get_num_threads(),
         }
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            peft_model.save_pretrained(str(tmp), safe_serialization=True)
+            # save_embedding_layers=False: the vocabulary is never changed here; "auto" would look the
+            # recorded base id up on the hub just to check that
+            peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             shutil.copyfile(work / "train_log.jsonl", tmp / "train_log.jsonl")
             (tmp / "train_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             from ..io.card import write_model_card
