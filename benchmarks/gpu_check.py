@@ -68,9 +68,7 @@ def item_nlls(results_dir: Path) -> list[float]:
     rows = [json.loads(x) for x in (results_dir / "samples" / "qabot_dnd.jsonl").read_text().splitlines() if x.strip()]
     out = []
     for r in rows:
-        v = r.get("nll_gold")
-        if v is None:
-            v = (r.get("likelihood") or {}).get("nll_gold")
+        v = (r.get("scores") or {}).get("nll_gold")
         out.append(float(v) if v is not None else math.nan)
     return out
 
