@@ -454,7 +454,7 @@ def _build_generator(base: str, adapter: Any, opts: dict[str, Any]):
         tok = load_tokenizer(base)
         gen = VLLMGenerator(resolve_base(base), tok, str(adapter) if adapter else None)
         info = {"base": base, "base_path": resolve_base(base), "adapter": str(adapter) if adapter else None,
-                "adapter_kind": "lora" if adapter else None, "backend": "vllm"}
+                "adapter_kind": "lora" if adapter else None, "backend": "vllm", "device": device}
         return gen, tok, info
     from .generate import HFGenerator
     from .model import load_eval_model
