@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.cat import train_cat
 
-    out = train_cat(args.base, args.adapters, args.data, args.out, granularity=args.granularity,
+    from ..io.hub import resolve_adapter_arg
+
+    out = train_cat(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out, granularity=args.granularity,
                     normalize=args.normalize, init=args.init, lr=args.lr, steps=args.steps, epochs=args.epochs,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, schedule=args.schedule,
                     fraction=args.fraction, max_samples=args.max_samples, cutoff_len=args.cutoff_len, long_responses=args.long_responses,

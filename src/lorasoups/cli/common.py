@@ -14,6 +14,14 @@ def add_base_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                    help=f"base model: embedded name, HF folder or hub id (default {DEFAULT_BASE})")
 
 
+def add_device_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, precisions=("auto", "fp32", "bf16", "fp16"),
+                    precision_help: str = "auto = bf16 where the hardware has native bf16, else fp32 (fp16 on "
+                                          "GPUs without bf16)") -> None:
+    """``--device`` (auto|cpu|cuda|cuda:N) and ``--precision``, as on ``cat``/``moe``/``lorahub``."""
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--precision", choices=list(precisions), default="auto", help=precision_help)
+
+
 def add_combine_io_args(p: argparse.ArgumentParser, *, adapters_help: str, data_help: str, out_help: str) -> None:
     """The inputs and output of a command that combines skill LoRAs using data (CAT, LoRA Hub, MoE):
     ``--base``, ``--adapters DIR...``, ``--data SPEC...`` (repeatable) and ``--out``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_base_arg
+from .common import add_device_args
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
         description="Evaluate a base model, optionally with a PEFT LoRA adapter folder or an MoE folder, on "
                     "tasks from `lorasoups ls tasks`. Writes OUT/results.json (metrics with standard errors, "
                     "options, checksums, versions) and OUT/samples/<task>.jsonl.")
-    add_base_arg(p)
+    p.add_argument("--base", default=None,
+                   help="base model: embedded name, HF folder or hub id (default: the base the adapter records "
+                        "as base_model_name_or_path, else smollm2-135m)")
     p.add_argument("--adapter", default=None, help="PEFT LoRA adapter folder or MoE folder")
     p.add_argument("--task", action="append", required=True, metavar="NAME",
                    help="task name (repeatable, or comma-separated; 'all' for every task) or your own data file "
@@ -28,7 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-generate", action="store_true",
                    help="likelihood metrics only: no generation, no code execution (fast)")
     p.add_argument("--no-likelihood", action="store_true", help="skip the gold/control likelihood metrics")
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="hf (default) or vllm (optional extra, GPU)")
+    p.add_argument("--backend", choices=["hf", "vllm", "auto"], default="hf",
+                   help="hf (default), vllm (optional extra, GPU) or auto (vllm when installed and on CUDA, else hf)")
+    add_device_args(p, precisions=("auto", "bf16", "fp32"),
+                    precision_help="autocast: auto = bf16 on CUDA with bf16 and on CPUs with native bf16, else fp32 "
+                                   "(weights stay fp32; --bf16/--fp32 are aliases)")
     p.add_argument("--no-prefix-cache", action="store_true", help="recompute the shared few-shot prefix for every batch")
     bf = p.add_mutually_exclusive_group()
     bf.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="force bf16 autocast")
@@ -50,11 +56,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.runner import evaluate, metric_table
 
+    from ..io.hub import resolve_adapter_arg
+
     res = evaluate(
-        args.base, args.adapter, args.task, args.out,
+        args.base, resolve_adapter_arg(args.adapter) if args.adapter else None, args.task, args.out,
         limit=args.limit, shots=args.shots, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         allow_code_execution=args.allow_code_execution, generate=not args.no_generate,
-        likelihood=not args.no_likelihood, backend=args.backend, prefix_cache=not args.no_prefix_cache,
+        likelihood=not args.no_likelihood, backend=args.backend, device=args.device, precision=args.precision, prefix_cache=not args.no_prefix_cache,
         bf16=args.bf16, merge_lora=not args.no_merge_lora, data_dir=args.data_dir, timeout_s=args.timeout,
         sandbox_workers=args.sandbox_workers, sandbox_isolation="weak" if args.weak_isolation else "auto",
         overwrite=args.overwrite, rescore=args.rescore,

@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise ConfigError("LoRA Hub needs few-shot data: give --data SPEC")
-    out = run_lorahub(args.base, args.adapters, args.data, args.out, budget=args.budget, space=args.space,
+    from ..io.hub import resolve_adapter_arg
+
+    out = run_lorahub(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out, budget=args.budget, space=args.space,
                       l1=args.l1, bounds=tuple(args.bounds), examples=args.examples, seed=args.seed,
                       optimizer=args.optimizer, init=args.init, batch_size=args.batch_size,
                       cutoff_len=args.cutoff_len, long_responses=args.long_responses, data_dir=args.data_dir, device=args.device,

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         if not quiet or not line.startswith("["):
             print(line, flush=True)
 
-    merge_adapters(args.adapters, args.method, args.out, weights=args.weights, params=parse_param_args(args.param),
+    from ..io.hub import resolve_adapter_arg
+
+    merge_adapters([resolve_adapter_arg(a) for a in args.adapters], args.method, args.out, weights=args.weights, params=parse_param_args(args.param),
                    rank=args.rank, full=args.full, base=args.base, overwrite=args.overwrite, svd=args.svd,
                    dtype=args.dtype, allow_different_base=args.allow_different_base,
                    allow_pickle=args.allow_pickle, log=log)

@@ -55,7 +55,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..moe import read_moe_config, train_moe
 
-    out = train_moe(args.base, args.adapters, args.data, args.out, top_k=args.top_k, router_layers=args.router_layers,
+    from ..io.hub import resolve_adapter_arg
+
+    out = train_moe(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out, top_k=args.top_k, router_layers=args.router_layers,
                     lr=args.lr, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                     grad_accum=args.grad_accum, schedule=args.schedule, balance_loss=args.balance_loss,
                     router_init_std=args.router_init_std, fraction=args.fraction, max_samples=args.max_samples,

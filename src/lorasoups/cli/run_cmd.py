@@ -21,6 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data folder (default: config data_dir, $LORASOUPS_DATA, ../shared/data)")
     p.add_argument("--force", action="store_true", help="re-do every step even if cached")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None,
+                   help="auto, cpu, cuda or cuda:N for every training and evaluation step (default: auto)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="autocast precision of training and evaluation (same as the overrides "
+                        "train.precision=P eval.options.precision=P; default: the config's)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
             from ..errors import ConfigError
 
             raise ConfigError(f"argument {ov!r}: overrides are key.path=value (e.g. train.max_steps=20)")
-    cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.precision:
+        overrides += [f"train.precision={args.precision}", f"eval.options.precision={args.precision}"]
+    if args.device:
+        from ..devices import resolve_device
+
+        resolve_device(args.device)  # a bad value or a missing GPU fails before any work
+    cfg = load_config(args.config, preset=args.preset, overrides=overrides)
     import torch
 
     if args.threads:
@@ -65,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report.tables import markdown_table
 
     out = Path(args.out) if args.out else default_out(cfg.name, cfg.preset)
-    runner = Runner(cfg, out, data_dir=args.data_dir, force=args.force)
+    runner = Runner(cfg, out, data_dir=args.data_dir, force=args.force, device=args.device)
     doc = runner.run()
     print()
     print(markdown_table(doc))

@@ -81,6 +81,7 @@ def add_parser(sub) -> None:
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     o.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping (default: %(default)s)")
     o.add_argument("--seed", type=int, default=d.seed, help="seeds data sampling, LoRA init, dropout and order (default: %(default)s)")
+    o.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... (default auto)")
     o.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="autocast precision; auto = bf16 on CPUs with avx512_bf16/AMX and on bf16 GPUs, "
                         "fp16 on other GPUs, else fp32 (default: %(default)s)")
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.sft import train_lora
 
     out = train_lora(args.base, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
-                     keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress, threads=args.threads, **options_from_args(args))
+                     keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress, threads=args.threads,
+                     device=args.device, **options_from_args(args))
     info_path = Path(out) / "train_info.json"
     if os.environ.get("RANK", "0") == "0" and info_path.is_file():
         info = json.loads(info_path.read_text())

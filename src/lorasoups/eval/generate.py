@@ -312,7 +312,8 @@ class HFGenerator:
         prefix_cache: reuse the KV cache of the prompts' common token prefix.
         prefix_mode: ``auto`` (``shared`` where supported, else ``copy``), ``shared`` or ``copy``
             (see the module docstring).
-        bf16: autocast to bf16 (default: on CPU when :func:`cpu_supports_bf16`, on CUDA always).
+        bf16: autocast to bf16 (default: on CPU when :func:`cpu_supports_bf16`, on CUDA when
+            ``torch.cuda.is_bf16_supported()``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, prefix_cache: bool = True,
@@ -334,7 +335,8 @@ class HFGenerator:
         p = next(model.parameters())
         self.device = p.device
         if bf16 is None:
-            bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
+            bf16 = ((self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+                    or (self.device.type == "cpu" and cpu_supports_bf16()))
         self.bf16 = bool(bf16) and p.dtype == torch.float32
         if self.bf16:
             # autocast caches bf16 copies only of weights with requires_grad (PEFT freezes the base

@@ -49,6 +49,8 @@ def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora:
         adapter: a PEFT LoRA folder or an MoE folder.
         merge_lora: after loading a LoRA with PEFT, fold it into the weights
             (``merge_and_unload``) — same function, faster forward passes.
+        device: torch device string (``cpu``, ``cuda``, ``cuda:N``); weights stay fp32 there
+            (bf16 is applied by autocast in the generator).
 
     Raises:
         ModelError: the base model cannot be loaded.
@@ -64,20 +66,40 @@ def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora:
     info.update(adapter=str(Path(adapter).resolve()), adapter_kind=kind)
     if kind == "moe":
         _, load_moe = _moe_api()
-        model = load_moe(model, str(adapter))
+        try:
+            model = load_moe(model, str(adapter))
+        except AdapterError as e:
+            raise AdapterError(with_bases(str(e), base, adapter)) from None
         model.eval()
         return model, tok, info
     from ..io.attach import load_peft_adapter
 
     # Every tensor must find its module and every configured module its tensors; known key
     # variants (missing/doubled prefixes, adapter name in the key) are mapped, anything else refused.
-    model, _aligned, remapped = load_peft_adapter(model, adapter)
+    try:
+        model, _aligned, remapped = load_peft_adapter(model, adapter)
+    except AdapterError as e:
+        raise AdapterError(with_bases(str(e), base, adapter)) from None
     info["remapped_modules"] = remapped
     if merge_lora:
         model = model.merge_and_unload()
         info["merged"] = True
     model.eval()
     return model, tok, info
+
+
+def with_bases(message: str, base: str, adapter: str | Path) -> str:
+    """``message`` followed by the two base models involved: the one loaded and the one the
+    adapter records (``base_model_name_or_path``), both as given and canonical."""
+    from ..io.card import recorded_base
+    from ..models import canonical_base_id
+
+    rec = recorded_base(adapter)
+    tail = (f" [base model loaded: {base!r} ({canonical_base_id(base)}); the adapter was made for "
+            f"{rec!r}" + (f" ({canonical_base_id(rec)})" if rec and canonical_base_id(rec) != rec else "") + "]")
+    if rec and canonical_base_id(rec) != canonical_base_id(base):
+        tail += " — different base models: pass the adapter's base with --base, or omit --base"
+    return message + tail
 
 
 def checksums(info: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,9 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "allow_code_execution": False,
     "generate": True,            # False: likelihood metrics only (no generation, no execution)
     "likelihood": True,
-    "backend": "hf",             # hf | vllm
+    "backend": "hf",             # hf | vllm | auto (vllm when installed and on CUDA, else hf)
+    "device": "auto",            # auto | cpu | cuda | cuda:N
+    "precision": "auto",         # auto | bf16 | fp32 (autocast; overridden by an explicit bf16)
     "prefix_cache": True,
     "bf16": None,                # None: autocast to bf16 where the CPU supports it
     "merge_lora": True,
@@ -73,8 +75,14 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"shots must be a non-negative integer, got {o['shots']!r}")
     if not isinstance(o["batch_size"], int) or o["batch_size"] < 1:
         problems.append(f"batch_size must be a positive integer, got {o['batch_size']!r}")
-    if o["backend"] not in ("hf", "vllm"):
-        problems.append(f"backend must be hf or vllm, got {o['backend']!r}")
+    if o["backend"] not in ("hf", "vllm", "auto"):
+        problems.append(f"backend must be hf, vllm or auto, got {o['backend']!r}")
+    if o["precision"] not in (None, "auto", "bf16", "fp32"):
+        problems.append(f"precision must be auto, bf16 or fp32, got {o['precision']!r}")
+    from ..devices import _DEVICE_RE
+
+    if o["device"] is not None and not _DEVICE_RE.match(str(o["device"]).lower()):
+        problems.append(f"device must be auto, cpu, cuda or cuda:N, got {o['device']!r}")
     if o["sandbox_isolation"] not in ("auto", "bwrap", "bwrap-userns", "weak"):
         problems.append(f"sandbox_isolation must be auto, bwrap, bwrap-userns or weak, got {o['sandbox_isolation']!r}")
     if o["timeout_s"] is not None and float(o["timeout_s"]) <= 0:
@@ -185,12 +193,13 @@ def _task_shots(task: Task, shots: int | None) -> int:
     return max(0, min(k, task.max_shots))
 
 
-def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] | str = (), out: str | Path | None = None,
+def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequence[str] | str = (), out: str | Path | None = None,
              *, generator: Any = None, tokenizer: Any = None, **options: Any) -> dict[str, Any]:
     """Evaluate ``base`` (+ ``adapter``) on ``tasks`` and write the results to ``out``.
 
     Args:
-        base: base model (embedded name, HF folder or hub id).
+        base: base model (embedded name, HF folder or hub id); None: the base the adapter records
+            (``base_model_name_or_path``; announced on stderr), else the default embedded model.
         adapter: PEFT LoRA folder or MoE folder (None: the base model alone).
         tasks: task names (see ``lorasoups ls tasks``; ``all`` for every task).
         out: output folder (written atomically; None: write nothing, just return the results).
@@ -216,6 +225,8 @@ def evaluate(base: str, adapter: str | Path | None = None, tasks: Sequence[str] 
     """
     t_start = time.time()
     opts = resolve_options(options)
+    if base is None:
+        base = base_for_adapter(adapter)
     names = expand_task_names(tasks)
     task_objs = [get_task(n) for n in names]
     rescore_dir = Path(opts["rescore"]) if opts["rescore"] else None
@@ -409,9 +420,41 @@ def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(c.items()))
 
 
+def base_for_adapter(adapter: str | Path | None) -> str:
+    """The base model to evaluate ``adapter`` on when none is given: the one the adapter records
+    (a line on stderr says so), else the default embedded model."""
+    from ..models import DEFAULT_BASE
+
+    if adapter is None:
+        return DEFAULT_BASE
+    from ..io.card import recorded_base
+
+    rec = recorded_base(adapter)
+    if rec:
+        print(f"[eval] base model: {rec} (recorded by the adapter {adapter}; --base to choose another)",
+              file=sys.stderr, flush=True)
+        return rec
+    print(f"[eval] base model: {DEFAULT_BASE} (the adapter {adapter} records none)", file=sys.stderr, flush=True)
+    return DEFAULT_BASE
+
+
+def pick_backend(backend: str, device: str) -> str:
+    """``hf`` or ``vllm`` for a ``backend`` option: ``auto`` is vllm when the ``vllm`` package is
+    installed and the device is CUDA, else hf."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
+
+
 def _build_generator(base: str, adapter: Any, opts: dict[str, Any]):
     """The backend for ``opts['backend']``: ``(generator, tokenizer, model_info)``."""
-    if opts["backend"] == "vllm":
+    from ..devices import eval_bf16, resolve_device
+
+    device = resolve_device(opts["device"])
+    backend = pick_backend(opts["backend"], device)
+    if backend == "vllm":
         from ..models import load_tokenizer, resolve_base
         from .generate import VLLMGenerator
         from .model import adapter_kind
@@ -421,14 +464,15 @@ def _build_generator(base: str, adapter: Any, opts: dict[str, Any]):
         tok = load_tokenizer(base)
         gen = VLLMGenerator(resolve_base(base), tok, str(adapter) if adapter else None)
         info = {"base": base, "base_path": resolve_base(base), "adapter": str(adapter) if adapter else None,
-                "adapter_kind": "lora" if adapter else None, "backend": "vllm"}
+                "adapter_kind": "lora" if adapter else None, "backend": "vllm", "device": device}
         return gen, tok, info
     from .generate import HFGenerator
     from .model import load_eval_model
 
-    model, tok, info = load_eval_model(base, adapter, merge_lora=opts["merge_lora"])
-    gen = HFGenerator(model, tok, batch_size=opts["batch_size"], prefix_cache=opts["prefix_cache"], bf16=opts["bf16"])
-    info = {**info, "backend": "hf", "bf16_autocast": gen.bf16}
+    model, tok, info = load_eval_model(base, adapter, merge_lora=opts["merge_lora"], device=device)
+    bf16 = opts["bf16"] if opts["bf16"] is not None else eval_bf16(opts["precision"])
+    gen = HFGenerator(model, tok, batch_size=opts["batch_size"], prefix_cache=opts["prefix_cache"], bf16=bf16)
+    info = {**info, "backend": "hf", "device": device, "bf16_autocast": gen.bf16}
     return gen, tok, info
 
 

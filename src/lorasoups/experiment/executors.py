@@ -35,6 +35,13 @@ def call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     return fn(*args, **ok)
 
 
+def with_device(ctx: "RunContext", opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with the run's ``--device`` (when given on the command line; it is an execution
+    detail, not part of the config or of any step's content hash)."""
+    dev = getattr(ctx, "device", None)
+    return {**opts, "device": dev} if dev else opts
+
+
 def skill_train_options(ctx: "RunContext", skill: str) -> dict[str, Any]:
     """Resolved ``train_lora`` options of one skill (config ``train`` + ``skills.<s>.train`` + seed)."""
     opts = dict(ctx.cfg.skills[skill].train)
@@ -73,7 +80,7 @@ def exec_train(step: "Step", ctx: "RunContext") -> dict[str, Any]:
     sk = ctx.cfg.skills[step.skill]
     opts = skill_train_options(ctx, step.skill)
     call_with_supported(train_lora, ctx.base, list(sk.data), step.out, data_dir=str(ctx.data_dir),
-                        overwrite=True, resume=step.extra.get("resume", False), **opts)
+                        overwrite=True, resume=step.extra.get("resume", False), **with_device(ctx, opts))
     return {}
 
 
@@ -84,7 +91,7 @@ def exec_data_mix(step: "Step", ctx: "RunContext") -> dict[str, Any]:
     opts = dict(step.method.params)
     opts.setdefault("seed", ctx.cfg.seed)
     call_with_supported(train_lora, ctx.base, composite_data(ctx, step), step.out, data_dir=str(ctx.data_dir),
-                        overwrite=True, resume=step.extra.get("resume", False), **opts)
+                        overwrite=True, resume=step.extra.get("resume", False), **with_device(ctx, opts))
     return {}
 
 
@@ -107,7 +114,7 @@ def exec_cat(step: "Step", ctx: "RunContext") -> dict[str, Any]:
 
     adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
     call_with_supported(train_cat, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **composite_params(ctx, step))
+                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
     return {}
 
 
@@ -117,7 +124,7 @@ def exec_lorahub(step: "Step", ctx: "RunContext") -> dict[str, Any]:
 
     adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
     call_with_supported(run_lorahub, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **composite_params(ctx, step))
+                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
     return {}
 
 
@@ -127,7 +134,7 @@ def exec_moe(step: "Step", ctx: "RunContext") -> dict[str, Any]:
 
     adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
     call_with_supported(train_moe, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **composite_params(ctx, step))
+                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
     return {}
 
 
@@ -140,6 +147,7 @@ def run_evaluate(ctx: "RunContext", adapter: Path | None, task_names: list[str],
     if ctx.cfg.allow_code_execution:
         opts.setdefault("allow_code_execution", True)
     opts.setdefault("progress", True)
+    opts = with_device(ctx, opts)
     return call_with_supported(evaluate, ctx.base, adapter=str(adapter) if adapter else None, tasks=task_names,
                                out=out, data_dir=str(ctx.data_dir), overwrite=True, **opts)
 

@@ -45,6 +45,7 @@ class RunContext:
     base_fingerprint: dict[str, Any]
     log: Callable[[str], None] = print
     digests: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
 
 
 class Runner:
@@ -57,17 +58,20 @@ class Runner:
         executors: stage -> function(step, ctx) (tests may replace them).
         log: where progress lines go (default: print to stdout).
         force: re-do every step even when its marker matches.
+        device: ``--device`` for every training and evaluation step (None: each function's
+            default, auto); not part of any step's hash.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, data_dir: str | Path | None = None,
                  executors: dict[str, Callable[..., dict[str, Any]]] | None = None,
-                 log: Callable[[str], None] | None = None, force: bool = False):
+                 log: Callable[[str], None] | None = None, force: bool = False, device: str | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         self.data_dir_arg = data_dir if data_dir is not None else cfg.data_dir
         self.executors = {**default_executors(), **(executors or {})}
         self.log = log or (lambda s: print(s, flush=True))
         self.force = force
+        self.device = device
         self.steps = build_plan(cfg, self.run_dir)
         self.executed: list[str] = []  # ids of steps that did work in this run (tests read it)
 
@@ -144,7 +148,8 @@ class Runner:
         data_dir = find_data_dir(self.data_dir_arg)
         base = resolve_base(self.cfg.base)
         hasher = FileHasher(self.run_dir / "steps" / "file_hashes.json")
-        return RunContext(self.cfg, self.run_dir, data_dir, base, hasher, hasher.model_fingerprint(base), self.log)
+        return RunContext(self.cfg, self.run_dir, data_dir, base, hasher, hasher.model_fingerprint(base), self.log,
+                          device=self.device)
 
     def run(self) -> dict[str, Any]:
         """Run every step that is not done, then collect and write the results.

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import AdapterError
+from ..models import canonical_base_id
 from ..paths import atomic_dir
 from ..types import AdapterRecord, LoraFactors
 
@@ -247,7 +248,7 @@ def build_config(modules: Mapping[str, LoraFactors], base_model: str | None,
     cfg: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": canonical_base_id(base_model),
         "r": r,
         "lora_alpha": r,
         "use_rslora": False,

@@ -45,10 +45,11 @@ def base_linear_modules(base: str | None) -> tuple[dict[str, tuple[int, int]], s
     """
     if not base:
         return None
-    from ..models import EMBEDDED, embedded_path
+    from ..models import embedded_name_of, embedded_path
 
-    if base in EMBEDDED:
-        folder = embedded_path(base)
+    emb = embedded_name_of(base)
+    if emb is not None and (base == emb or not Path(base).expanduser().exists()):
+        folder = embedded_path(emb)
         if not (folder / ".lorasoups-complete").is_file():
             return None
     else:
@@ -309,7 +310,10 @@ def load_peft_adapter(model: torch.nn.Module, adapter: str | os.PathLike, allow_
                 raise AdapterError(f"{adapter}: PEFT did not take tensors {_shown(list(res.unexpected_keys))}")
             remapped = sum(1 for m, k in aligned.tensor_keys.items() if k[0] != f"{PREFIX}{m}.lora_A.weight")
     except (ValueError, KeyError, RuntimeError, OSError, TypeError) as e:
-        raise AdapterError(f"{adapter}: PEFT could not load this adapter: {str(e).splitlines()[0][:300]}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        sizes = [ln for ln in lines if "size mismatch" in ln]
+        what = (f"{len(sizes)} size mismatch(es), first: {sizes[0][:300]}" if sizes else (lines or ["?"])[0][:300])
+        raise AdapterError(f"{adapter}: PEFT could not load this adapter: {what}") from None
     pm.eval()
     verify_peft_model(pm, aligned, where=str(adapter))
     return pm, aligned, remapped

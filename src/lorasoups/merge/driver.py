@@ -147,7 +147,9 @@ def _module_sort_key(m: str) -> tuple:
 
 
 def _same_base(a: str, b: str) -> bool:
-    if a == b:
+    from ..models import canonical_base_id
+
+    if a == b or canonical_base_id(a) == canonical_base_id(b):
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
@@ -530,6 +532,11 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             "seconds": round(time.time() - t0, 3),
         }
         (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        from ..io.card import write_model_card
+
+        write_model_card(tmp, base_model=base_model or base, method=info.name, description=info.reference,
+                         adapters=[s.path.name for s in streams], weights=w, params={**(p or {}), "rank": rank},
+                         metrics={"max_rel_fro_error (SVD step)": max(errors.values())} if errors else None)
     if errors:
         say(f"SVD step ({svd}, rank {rank}): max relative Frobenius error {max(errors.values()):.3e} "
             f"at {max(errors, key=errors.get)}")

@@ -21,12 +21,15 @@ class EmbeddedModel:
     Attributes:
         version: build recipe version, recorded in the cached folder's marker; a cached folder
             of another version is rebuilt (bump it whenever the build's output changes).
+        hub_id: the canonical Hugging Face hub id of the model this is a copy of; recorded as
+            ``base_model_name_or_path`` in every output adapter, and resolved to this copy.
     """
 
     name: str
     description: str
     build: Callable[[Path], None]
     version: int = 1
+    hub_id: str | None = None
 
 
 def _build_tiny(folder: Path) -> None:
@@ -49,6 +52,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         _build_smollm2,
         # 2: tokenizer rebuilt from the GGUF with SmolLM2's own pre-tokenizer (digits split one by one)
         version=2,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "tiny": EmbeddedModel(
         "tiny",
@@ -96,17 +100,56 @@ def prepare_model(name: str, force: bool = False) -> Path:
     return folder
 
 
+def embedded_name_of(name_or_path: str | os.PathLike | None) -> str | None:
+    """The embedded model that ``name_or_path`` designates (its name, its canonical hub id,
+    case-insensitive, or its cached folder), or None."""
+    if not name_or_path:
+        return None
+    s = str(name_or_path)
+    if s in EMBEDDED:
+        return s
+    for n, m in EMBEDDED.items():
+        if m.hub_id and s.lower() == m.hub_id.lower():
+            return n
+    p = Path(s).expanduser()
+    if p.is_absolute() or s.startswith((".", "~")):
+        try:
+            rp = p.resolve()
+        except OSError:
+            return None
+        for n in EMBEDDED:
+            if rp == embedded_path(n).resolve():
+                return n
+    return None
+
+
+def canonical_base_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """What output adapters record as ``base_model_name_or_path`` for a base-model argument: the
+    canonical hub id of an embedded model (``smollm2-135m``, its cache folder or its hub id ->
+    ``HuggingFaceTB/SmolLM2-135M-Instruct``), the embedded name when it has none (``tiny``), else
+    the argument unchanged (hub id or local folder as given). None stays None."""
+    if name_or_path is None:
+        return None
+    n = embedded_name_of(name_or_path)
+    if n is not None:
+        return EMBEDDED[n].hub_id or n
+    return str(name_or_path)
+
+
 def resolve_base(name_or_path: str) -> str:
     """Turn a base-model argument into something ``from_pretrained`` accepts.
 
-    Accepts an embedded name (prepared on first use), a local HF folder (must hold
-    ``config.json``), or a hub id (``org/name``; needs a network).
+    Accepts an embedded name (prepared on first use), the canonical hub id of an embedded model
+    (``HuggingFaceTB/SmolLM2-135M-Instruct``: the embedded copy, no network), a local HF folder
+    (must hold ``config.json``), or another hub id (``org/name``; needs a network).
 
     Raises:
         ModelError: a local path that is not a model folder, or an unknown name.
     """
-    if name_or_path in EMBEDDED:
-        return str(prepare_model(name_or_path))
+    emb = embedded_name_of(name_or_path)
+    if emb is not None and (name_or_path in EMBEDDED or "/" in name_or_path and not Path(name_or_path).exists()):
+        # an embedded name or its canonical hub id: the embedded copy, offline
+        return str(prepare_model(emb))
     p = Path(name_or_path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():

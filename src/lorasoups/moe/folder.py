@@ -181,7 +181,7 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
             "format_version": FORMAT_VERSION,
             "description": "Mixture of LoRA experts (lorasoups): frozen PEFT LoRA experts mixed per token by "
                            "top-k routers. Not a PEFT adapter; load with lorasoups.moe.load_moe_model.",
-            "base_model": base_model,
+            "base_model": _canonical(base_model),
             "experts": expert_entries(experts, names, out),
             "top_k": min(int(top_k), n),
             "router_layers": router_layers,
@@ -200,6 +200,13 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
         }
         cfg.update(extra or {})
         write_moe_files(tmp, cfg, router_state(dict(layers)), log)
+        from ..io.card import write_model_card
+
+        tr = dict(training or {})
+        write_model_card(tmp, base_model=base_model, method="moe",
+                         description=f"Mixture of {n} LoRA experts, top-{cfg['top_k']} per-token routers",
+                         adapters=names, data=tr.get("data_checksums") or (),
+                         metrics={k: tr[k] for k in ("val_loss_before", "val_loss_after", "first_loss", "last_loss") if k in tr} or None)
     return Path(out)
 
 
@@ -263,3 +270,9 @@ def load_moe_model(base_model: Any, folder: str | os.PathLike, *, verify: bool =
         p.requires_grad_(False)
     base_model.eval()
     return base_model
+
+
+def _canonical(base_model: str | None) -> str | None:
+    from ..models import canonical_base_id
+
+    return canonical_base_id(base_model)

@@ -173,6 +173,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     from ..models import load_base
     from ..paths import check_not_input
     from ..train.cat import check_fit_options, resolve_device, resolve_precision, split_examples
+    from ..io.card import data_checksums
     from .folder import save_moe_folder
     from .model import attach_moe, init_routers, parse_router_layers, routed_modules, router_parameters
 
@@ -261,6 +262,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
         "train_seconds": round(train_s, 2),
         "seconds_per_step": round(train_s / n_steps, 3) if n_steps else None,
         "total_seconds": round(time.time() - t_start, 2),
+        "data_checksums": data_checksums([d for d in data if isinstance(d, str)], data_dir),
     }
     save_moe_folder(out, layers, adapters, names, base_model=base, top_k=top_k,
                     router_layers="all" if layer_list is None else layer_list, training=training, log=log,

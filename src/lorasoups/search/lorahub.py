@@ -491,6 +491,12 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         save_adapter_files(tmp, merged, base_model=base)
         (tmp / WEIGHTS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / TRACE_FILE).write_text("".join(json.dumps(t) + "\n" for t in trace), encoding="utf-8")
+        from ..io.card import data_checksums, write_model_card
+
+        write_model_card(tmp, base_model=base, method="lorahub", description=info["reference"],
+                         adapters=names, weights=[float(x) for x in weights],
+                         data=data_checksums(list(data) if not isinstance(data[0], dict) else [], data_dir),
+                         metrics={"loss": final["loss"], "ce": final["ce"], "base_ce": base_ce})
     return out
 
 

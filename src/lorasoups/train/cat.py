@@ -490,5 +490,12 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         plot_coefficients(table, names, tmp / "coefficients.png", title)
         options["total_seconds"] = round(time.time() - t_start, 2)
         (tmp / "cat_options.json").write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
+        from ..io.card import data_checksums, write_model_card
+
+        write_model_card(tmp, base_model=resolve_base(base), method="cat", description=title,
+                         adapters=list(names),
+                         coefficients=coef_doc.get("summary"),
+                         data=data_checksums(list(data or []), data_dir),
+                         metrics={"val_loss_before": val_before, "val_loss_after": val_after})
     say(f"cat: wrote {out}")
     return out

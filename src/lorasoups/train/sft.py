@@ -276,7 +276,8 @@ def _comparable(options: dict[str, Any]) -> dict[str, Any]:
 
 def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume: bool = False,
                overwrite: bool = False, keep_checkpoints: bool = False, progress: bool = True,
-               callbacks: Sequence[Any] | None = None, threads: int | None = None, **options: Any) -> Path:
+               callbacks: Sequence[Any] | None = None, threads: int | None = None, device: str = "auto",
+               **options: Any) -> Path:
     """Train one LoRA on ``data`` (one spec: a skill LoRA; several: DATA-MIX) and save it to ``out``.
 
     Args:
@@ -290,6 +291,8 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         progress: show a progress bar.
         callbacks: extra ``transformers.TrainerCallback`` objects.
         threads: ``torch.set_num_threads`` for this process (CPU); None leaves it as it is.
+        device: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N`` (single process:
+            ``torch.cuda.set_device(N)``; under torchrun each rank takes its LOCAL_RANK's GPU).
         **options: :class:`TrainOptions` fields (``r``, ``lora_alpha``, ``learning_rate``, ...).
 
     Returns:
@@ -306,7 +309,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..models import EMBEDDED, load_tokenizer, resolve_base
+    from ..models import EMBEDDED, canonical_base_id, load_tokenizer, resolve_base
     from ..provenance import git_commit, package_versions, sha256_file
     from .data import load_training_data, with_weights
 
@@ -319,7 +322,12 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     base_path = resolve_base(base)
     specs = with_weights(data, opts.weights)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..devices import device_type, resolve_device
+
+    device_str = resolve_device(device)
+    device = device_type(device_str)
+    if device_str.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(int(device_str.split(":")[1]))
     precision, precision_reason = resolve_precision(opts.precision, device)
 
     tokenizer = load_tokenizer(base)
@@ -445,7 +453,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
 
     if trainer.is_world_process_zero():
         peft_model = trainer.model
-        peft_model.peft_config["default"].base_model_name_or_path = base if base in EMBEDDED else str(base_path)
+        peft_model.peft_config["default"].base_model_name_or_path = canonical_base_id(base if base in EMBEDDED else str(base_path))
         log_lines = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines() if x.strip()]
         losses = [x["loss"] for x in log_lines if "loss" in x]
         tps = [x["tokens_per_s"] for x in log_lines if "tokens_per_s" in x]
@@ -455,7 +463,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "base": {"arg": base, "path": str(base_path)},
             "options": resolved,
             "precision": {"requested": opts.precision, "resolved": precision, "reason": precision_reason,
-                          "device": device, "lora_weights": "fp32", "optimizer_state": "fp32"},
+                          "device": device_str, "lora_weights": "fp32", "optimizer_state": "fp32"},
             "data": [{**s.as_dict(), "sha256": sha256_file(s.file)} for s in td.sources],
             "data_cuts": {"cutoff_len": opts.cutoff_len, "long_responses": opts.long_responses,
                           "skip_long_prompts": opts.skip_long_prompts, **td.cut_summary()},
@@ -478,9 +486,20 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "torch_threads": torch.get_num_threads(),
         }
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            peft_model.save_pretrained(str(tmp), safe_serialization=True)
+            # save_embedding_layers=False: the vocabulary is never changed here; "auto" would look the
+            # recorded base id up on the hub just to check that
+            peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             shutil.copyfile(work / "train_log.jsonl", tmp / "train_log.jsonl")
             (tmp / "train_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            from ..io.card import write_model_card
+
+            write_model_card(tmp, base_model=peft_model.peft_config["default"].base_model_name_or_path,
+                             method=info["method"], data=[{"name": d.get("spec") or d.get("name"),
+                                                           "sha256": d.get("sha256")} for d in info["data"]],
+                             params={k: resolved[k] for k in ("r", "lora_alpha", "learning_rate", "max_steps", "seed")
+                                     if k in resolved},
+                             metrics={"first_loss": info["first_loss"], "final_loss": info["final_loss"],
+                                      "val_loss": val_loss, "steps": info["steps"]})
         if not keep_checkpoints:
             shutil.rmtree(work, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
