@@ -115,10 +115,14 @@ class Cgroups:
                     pid = int(d.name.split("-")[2])
                     os.kill(pid, 0)
                 except ProcessLookupError:
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        pass
+                    for _ in range(100):  # a just-emptied cgroup can stay busy for a moment (EBUSY)
+                        try:
+                            d.rmdir()
+                            break
+                        except OSError as e:
+                            if e.errno != errno.EBUSY:
+                                break
+                            time.sleep(0.01)
                 except (ValueError, OSError):
                     pass
 
