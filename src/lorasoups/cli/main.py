@@ -21,17 +21,27 @@ WORK_COMMANDS = {"train", "merge", "cat", "lorahub", "moe", "eval", "run"}
 
 @contextlib.contextmanager
 def dependency_warnings_once() -> Iterator[None]:
-    """Show each warning from a dependency once per command, not once per call: e.g. PEFT's
+    """Show each warning (same category and text) once per command, not once per call: e.g. PEFT's
     ``PeftModel.__init__`` reads ``model.is_gradient_checkpointing``, which transformers 5 answers
-    with a FutureWarning on every adapter load (13 times in a smoke run). Python's "default" action
-    forgets what it showed whenever a library changes the warning filters; "once" does not.
-    Explicit ``-W`` / ``PYTHONWARNINGS`` settings are left alone."""
+    with a FutureWarning on every adapter load (13 times in a smoke run). Python's own "default"
+    and "once" actions both forget what they showed whenever a library enters
+    ``warnings.catch_warnings()`` (the per-module registries are cleared), so repeats are dropped
+    here, where warnings are displayed. Explicit ``-W`` / ``PYTHONWARNINGS`` settings are left alone."""
     if sys.warnoptions:
         yield
         return
+    seen: set[tuple[type, str]] = set()
     with warnings.catch_warnings():
-        for cat in (FutureWarning, UserWarning, RuntimeWarning):
-            warnings.filterwarnings("once", category=cat)
+        show = warnings.showwarning
+
+        def show_once(message, category, filename, lineno, file=None, line=None):
+            key = (category, str(message))
+            if key in seen:
+                return
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_once
         yield
 
 
