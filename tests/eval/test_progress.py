@@ -57,3 +57,18 @@ def test_progress_switch(monkeypatch):
     monkeypatch.setenv("LORASOUPS_PROGRESS", "always")
     assert progress_enabled(None) is True and progress_enabled(False) is False
     assert bar(3, "x", progress=False).disable and not bar(3, "x").disable
+
+
+def test_merge_bar_per_module(tiny_dir, tmp_path, capsys, monkeypatch):
+    from lorasoups.testing import make_peft_adapter
+
+    ads = [str(make_peft_adapter(tiny_dir, tmp_path / k, r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"),
+                                 seed=i)) for i, k in enumerate("ab")]
+    monkeypatch.setenv("LORASOUPS_PROGRESS", "1")
+    assert main(["merge", "--method", "ties", "--adapters", *ads, "--out", str(tmp_path / "t")]) == 0
+    cap = capsys.readouterr()
+    n = len(json.loads((tmp_path / "t" / "merge_info.json").read_text())["svd"]["rel_fro_error"])
+    assert n > 1 and re.search(rf"merge ties \+ SVD: 100%\|[^|]*\| {n}/{n} \[", cap.err), cap.err[-1500:]
+    assert "%|" not in cap.out and "relative Frobenius error" in cap.out
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    assert "%|" not in capsys.readouterr().err
