@@ -46,8 +46,8 @@ def dependency_warnings_once() -> Iterator[None]:
 
 
 def os_error_line(e: OSError) -> str:
-    """One line for a file-system error: the reason and the path(s), e.g.
-    ``cannot write /data/out/results.json: No space left on device``."""
+    """One line for a file-system error: the path(s) and the reason, e.g.
+    ``/data/out: No space left on device`` (set ``LORASOUPS_TRACEBACK=1`` for the traceback)."""
     why = e.strerror or str(e)
     if e.filename is not None and e.filename2 is not None:
         return f"{e.filename} -> {e.filename2}: {why}"
