@@ -31,6 +31,8 @@ class MethodInfo:
         params: keyword parameter -> default, read from ``fn``'s signature or given.
         reference: paper or source of the formula.
         description: one line.
+        default_weights: per-adapter weights when none are given (closed-form merges): ``ones``
+            (w_i = 1, a sum) or ``mean`` (w_i = 1/n, an average).
     """
 
     name: str
@@ -40,6 +42,7 @@ class MethodInfo:
     params: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
     description: str = ""
+    default_weights: str = "ones"
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -55,19 +58,24 @@ def signature_params(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def register_method(name: str, *, kind: str, space: str, reference: str = "", description: str = "",
-                    params: dict[str, Any] | None = None):
+                    params: dict[str, Any] | None = None, default_weights: str = "ones"):
     """Decorator registering ``fn`` as method ``name``; parameters come from its keyword-only args.
 
+    ``default_weights`` (``ones`` or ``mean``) sets the weights a closed-form merge uses when the
+    caller gives none (see :attr:`MethodInfo.default_weights`).
+
     Raises:
-        ValueError: unknown kind or duplicate name.
+        ValueError: unknown kind, unknown ``default_weights`` or duplicate name.
     """
     if kind not in KINDS:
         raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    if default_weights not in ("ones", "mean"):
+        raise ValueError(f"method {name!r}: default_weights must be 'ones' or 'mean', got {default_weights!r}")
 
     def deco(fn: Callable[..., Any] | None):
         ps = dict(params) if params is not None else (signature_params(fn) if fn is not None else {})
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0] if fn is not None else description
-        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc))
+        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights))
         return fn
 
     return deco

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -67,15 +68,91 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike])
             raise LorasoupsError(f"output {out} would overwrite input {i}; choose another --out")
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc/self/status`` where possible, which leaves it
+    untouched; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def umask_mode(is_dir: bool) -> int:
+    """The permission bits a new folder (0o777) or file (0o666) gets under the current umask,
+    e.g. 0o755 / 0o644 under umask 022."""
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give ``folder`` (made by ``tempfile.mkdtemp``: 0700) and every file in it made by
+    ``tempfile.mkstemp`` (0600) the modes that ordinary creation under the umask would give
+    (0755 / 0644 under umask 022; executables keep their x bits), so outputs are as readable as
+    the user's other files. Entries that already have group or other bits are left as they are."""
+    um = current_umask()
+    root = Path(folder)
+    for p in [root, *root.rglob("*")]:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o077:
+            continue
+        full = 0o777 if (stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100) else 0o666
+        want = full & ~um
+        if stat.S_IMODE(st.st_mode) != want:
+            os.chmod(p, want)
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(out: str | os.PathLike, *, what: str = "output folder") -> None:
+    """Check, before any work, that ``out`` can be created (or written into): its nearest existing
+    ancestor must be a folder in which a new entry can really be made (a probe folder is created
+    and removed, so read-only file systems, permissions, immutable folders and full disks all
+    count, for root too). When ``out`` exists as a folder it must be writable as well.
+
+    Raises:
+        LorasoupsError: one line naming the path and the reason (e.g. "Read-only file system").
+    """
+    out = Path(out).expanduser()
+    targets = [_nearest_existing(out.parent if out.parent != out else out)]
+    if out.is_dir():
+        targets.append(out)
+    for d in targets:
+        if not d.is_dir():
+            raise LorasoupsError(f"{what} {out}: cannot be created, {d} is not a folder")
+        try:
+            probe = tempfile.mkdtemp(prefix=".lorasoups-write-check-", dir=d)
+            os.rmdir(probe)
+        except OSError as e:
+            raise LorasoupsError(f"{what} {out}: cannot write in {d}: {e.strerror or e}") from None
+
+
+def _name_path(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its filename when it has none (a failed ``write`` names no file)."""
+    if e.filename is None and e.errno is not None:
+        return type(e)(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success rename it to ``out``.
 
     On an exception the temporary folder is removed and ``out`` is untouched, so no partial
-    output is ever left behind.
+    output is ever left behind. The finished folder and its files get the modes the umask gives
+    (0755 / 0644 under umask 022; :func:`follow_umask`), not ``mkdtemp``'s private 0700.
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+        OSError: the file system refuses (permissions, read-only, disk full); the error names
+            ``out`` when the failing call named no file.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -84,6 +161,10 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        follow_umask(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _name_path(e, out) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -100,14 +181,22 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (mode per the umask).
+
+    Raises:
+        OSError: the file system refuses; the error names ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode(False))  # mkstemp makes 0600; follow the umask like open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _name_path(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

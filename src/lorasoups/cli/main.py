@@ -4,13 +4,56 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+import warnings
+from typing import Iterator
 
 from ..errors import LorasoupsError
 from ..registry import UnknownNameError
 
 COMMANDS = ["models", "ls", "inspect", "train", "merge", "cat", "lorahub", "moe", "eval", "run", "validate", "report"]
+# Commands that load models and write an output folder (--out; `run` checks its own default).
+WORK_COMMANDS = {"train", "merge", "cat", "lorahub", "moe", "eval", "run"}
+
+
+@contextlib.contextmanager
+def dependency_warnings_once() -> Iterator[None]:
+    """Show each warning (same category and text) once per command, not once per call: e.g. PEFT's
+    ``PeftModel.__init__`` reads ``model.is_gradient_checkpointing``, which transformers 5 answers
+    with a FutureWarning on every adapter load (13 times in a smoke run). Python's own "default"
+    and "once" actions both forget what they showed whenever a library enters
+    ``warnings.catch_warnings()`` (the per-module registries are cleared), so repeats are dropped
+    here, where warnings are displayed. Explicit ``-W`` / ``PYTHONWARNINGS`` settings are left alone."""
+    if sys.warnoptions:
+        yield
+        return
+    seen: set[tuple[type, str]] = set()
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def show_once(message, category, filename, lineno, file=None, line=None):
+            key = (category, str(message))
+            if key in seen:
+                return
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_once
+        yield
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the path(s) and the reason, e.g.
+    ``/data/out: No space left on device`` (set ``LORASOUPS_TRACEBACK=1`` for the traceback)."""
+    why = e.strerror or str(e)
+    if e.filename is not None and e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {why}"
+    if e.filename is not None:
+        return f"{e.filename}: {why}"
+    return why
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +83,27 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    quiet = bool(getattr(args, "quiet", False) or getattr(args, "no_progress", False))
     try:
-        rc = args.func(args)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(dependency_warnings_once())
+            if args.command in WORK_COMMANDS:
+                from ..paths import check_writable
+                from ..progress import dependency_bars, progress_enabled
+
+                # before any work: an unwritable --out fails now, not after training or generation
+                if getattr(args, "out", None):
+                    check_writable(args.out)
+                stack.enter_context(dependency_bars(progress_enabled(False if quiet else None)))
+            rc = args.func(args)
     except (LorasoupsError, FileExistsError, UnknownNameError) as e:
         print(f"lorasoups {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if os.environ.get("LORASOUPS_TRACEBACK"):
+            raise
+        print(f"lorasoups {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", required=True, help="merge method name (lorasoups ls methods)")
     p.add_argument("--adapters", required=True, nargs="+", metavar="DIR", help="PEFT LoRA adapter folders")
     p.add_argument("--weights", nargs="+", type=float, metavar="W", default=None,
-                   help="one weight per adapter (default 1 each; may be negative)")
+                   help="one weight per adapter, may be negative (default: 1/n each for linear, the average "
+                        "as in model soups; 1 each for the other methods, e.g. task_arithmetic sums)")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="method parameter, repeatable (e.g. --param density=0.5)")
     g = p.add_mutually_exclusive_group()
@@ -31,7 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled adapter_model.bin inputs")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the summary (no progress bar; bars show only on a terminal, "
+                        "or with LORASOUPS_PROGRESS=1)")
     p.set_defaults(func=run)
 
 
@@ -49,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     merge_adapters([resolve_adapter_arg(a) for a in args.adapters], args.method, args.out, weights=args.weights, params=parse_param_args(args.param),
                    rank=args.rank, full=args.full, base=args.base, overwrite=args.overwrite, svd=args.svd,
                    dtype=args.dtype, allow_different_base=args.allow_different_base,
-                   allow_pickle=args.allow_pickle, log=log)
+                   allow_pickle=args.allow_pickle, log=log, progress=False if quiet else None)
     return 0

@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from ..report.tables import markdown_table
 
     out = Path(args.out) if args.out else default_out(cfg.name, cfg.preset)
+    if not args.out:
+        from ..paths import check_writable
+
+        check_writable(out, what="run folder")
     runner = Runner(cfg, out, data_dir=args.data_dir, force=args.force, device=args.device)
     doc = runner.run()
     print()

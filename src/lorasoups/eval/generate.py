@@ -316,6 +316,8 @@ class HFGenerator:
             ``torch.cuda.is_bf16_supported()``).
     """
 
+    on_batch: Any = None  # progress hook: called with the number of rows finished after each batch
+
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, prefix_cache: bool = True,
                  bf16: bool | None = None, prefix_mode: str = "auto"):
         import torch
@@ -504,6 +506,8 @@ class HFGenerator:
                                              [rules[i] for i in idx])
                 for i, t in zip(idx, texts):
                     out[i] = t
+                if self.on_batch is not None:
+                    self.on_batch(len(idx))
         self._head32 = None
         self.stats["prompt_tokens"] += sum(len(e) for e in enc)
         self.stats["prefix_tokens_reused"] += P * (len(enc) - 1) if P else 0
@@ -607,6 +611,8 @@ class HFGenerator:
                     tot = float(-lp.sum())
                     out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
                 del logits
+                if self.on_batch is not None:
+                    self.on_batch(len(idx))
         self.stats["nll_s"] += time.perf_counter() - t0
         return [o for o in out if o is not None]
 

@@ -22,15 +22,17 @@ are in the samples file (``scores``), so two runs can be compared item by item w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, DataError
+from ..progress import bar as _bar
 from .metrics import Metric, mean_stderr
 from .registry import Item, Task, get_task, load_tasks
 from .samples import _finite, read_samples, write_samples
@@ -148,8 +150,12 @@ def derangement(golds: Sequence[str | None]) -> list[int | None]:
     return out
 
 
-def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[Item]) -> list[dict[str, Any]]:
+def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[Item], *,
+                      progress: bool | None = False, desc: str = "likelihood") -> list[dict[str, Any]]:
     """Per item: gold and control NLLs and their gap (see the module docstring).
+
+    ``progress``: a bar over the scored (prompt, response) pairs (:func:`lorasoups.progress.bar`;
+    False: none, None: on a terminal).
 
     Returns one dict per item: ``{"nll_gold", "nll_control", "nll_gap", "gold_preferred",
     "control_id", "n_tokens_gold"}`` (None values where the item has no gold response).
@@ -167,7 +173,8 @@ def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[It
             pairs_p.append(p)
             pairs_r.append(items[ctrl[i]].gold_text)
             owners.append((i, "control"))
-    res = generator.nll(pairs_p, pairs_r) if pairs_p else []
+    with _bar(len(pairs_p), desc, progress=progress, unit="pair") as pb, _on_batch(generator, pb):
+        res = generator.nll(pairs_p, pairs_r) if pairs_p else []
     out: list[dict[str, Any]] = [{"nll_gold": None, "nll_control": None, "nll_gap": None, "gold_preferred": None,
                                   "control_id": None, "n_tokens_gold": None} for _ in items]
     for (i, which), r in zip(owners, res):
@@ -186,6 +193,38 @@ def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[It
 def _log(opts: dict[str, Any], msg: str) -> None:
     if opts.get("progress"):
         print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def _bars(opts: dict[str, Any]) -> bool | None:
+    """The ``progress`` switch for :func:`lorasoups.progress.bar`: None (terminal decides) when the
+    evaluation reports progress, False otherwise."""
+    return None if opts.get("progress") else False
+
+
+@contextlib.contextmanager
+def _on_batch(generator: Any, pb: Any) -> Iterator[None]:
+    """Route the generator's per-batch hook (``on_batch(n_rows)``) to bar ``pb`` for the duration;
+    the bar is completed at the end (backends without the hook jump to 100%)."""
+    had = hasattr(generator, "on_batch")
+    old = getattr(generator, "on_batch", None)
+    hooked = False
+    if not getattr(pb, "disable", True):
+        try:
+            generator.on_batch = pb.update
+            hooked = True
+        except AttributeError:  # a generator that takes no new attributes
+            pass
+    try:
+        yield
+        if pb.total is not None and pb.n < pb.total:
+            pb.update(pb.total - pb.n)
+    finally:
+        if hooked:
+            if had:
+                generator.on_batch = old
+            else:
+                with contextlib.suppress(AttributeError):
+                    del generator.on_batch
 
 
 def _task_shots(task: Task, shots: int | None) -> int:
@@ -222,6 +261,7 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
         DataError: a task's data file is missing or malformed; a corrupt samples file (rescore).
         ModelError / AdapterError: the model or adapter cannot be loaded.
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+        LorasoupsError: ``out`` cannot be written (checked before the model is loaded).
     """
     t_start = time.time()
     opts = resolve_options(options)
@@ -251,12 +291,13 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
             previous[t.name] = {r["id"]: r for r in recs}
 
     if out is not None:
-        from ..paths import check_not_input
+        from ..paths import check_not_input, check_writable
 
         ins = [p for p in (adapter, rescore_dir) if p is not None]
         check_not_input(out, ins)
         if Path(out).exists() and not opts["overwrite"]:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_writable(out)  # before the model is loaded and anything is generated
 
     need_model = generating or (opts["likelihood"] and rescore_dir is None
                                 and any(it.gold_text for its, _, _ in data.values() for it in its))
@@ -285,7 +326,9 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
             if generating:
                 _log(opts, f"{t.name}: generating {len(items)} completions (max {max_new} new tokens, {k} shots)")
                 before = dict(getattr(generator, "stats", {}) or {})
-                completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
+                with _bar(len(items), f"{t.name} generate", progress=_bars(opts), unit="item") as pb, \
+                        _on_batch(generator, pb):
+                    completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
                 after = getattr(generator, "stats", {}) or {}
                 for key in ("generated_tokens", "generate_s"):
                     if key in after:
@@ -329,7 +372,9 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
 
                             sandbox = Sandbox(workers=opts["sandbox_workers"], isolation=opts["sandbox_isolation"])
                         _log(opts, f"{t.name}: running {len(progs)} programs in the sandbox")
-                        for i, r in zip(where, sandbox.run_many(progs)):
+                        with _bar(len(progs), f"{t.name} run programs", progress=_bars(opts), unit="prog") as pb:
+                            ran = sandbox.run_many(progs, progress=None if pb.disable else pb.update)
+                        for i, r in zip(where, ran):
                             exec_results[i] = r
                 for i, (it, c) in enumerate(zip(items, completions)):
                     rec = {"id": it.id, "prompt": prompts[i], "completion": c}
@@ -343,7 +388,7 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
             if opts["likelihood"] and rescore_dir is None:
                 if any(it.gold_text for it in items):
                     _log(opts, f"{t.name}: likelihood of gold and control answers")
-                    lk = likelihood_scores(generator, prompts, items)
+                    lk = likelihood_scores(generator, prompts, items, progress=_bars(opts), desc=f"{t.name} likelihood")
                     no_ctrl = sum(1 for it, d in zip(items, lk) if it.gold_text and d["nll_control"] is None)
                     if no_ctrl:
                         notes.append(f"{no_ctrl} item(s) without a control: no other item has a different gold answer")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import LorasoupsError
+from ..paths import follow_umask
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Step
@@ -176,6 +177,7 @@ def split_eval_output(tmp: Path, results: dict[str, Any], task_of_label: dict[st
             for f in s_dir.iterdir():
                 if f.name == f"{task}.jsonl" or f.stem.startswith(task + "."):
                     shutil.copy2(f, partp / "samples" / f.name)
+        follow_umask(partp)  # mkdtemp made it 0700
         partp.rename(d)
 
 

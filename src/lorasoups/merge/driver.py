@@ -24,7 +24,7 @@ import torch
 
 from ..errors import AdapterError, ConfigError, LorasoupsError, ModelError
 from ..methods import METHODS, MethodInfo
-from ..paths import atomic_dir, check_not_input
+from ..paths import atomic_dir, check_not_input, check_writable
 from ..registry import suggest
 from ..types import LoraFactors
 from .stream import AdapterStream, SafetensorsStreamWriter, open_adapter
@@ -232,9 +232,20 @@ def align_streams(streams: Sequence[AdapterStream], base: str | None = None) -> 
             + (f" ({renamed} module paths mapped from a key variant)" if renamed else ""))
 
 
-def _resolve_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+def resolve_weights(weights: Sequence[float] | None, n: int, default: str = "ones") -> list[float]:
+    """The per-adapter weights: ``weights`` checked, or the method's default when None.
+
+    Args:
+        weights: one float per adapter, or None.
+        n: number of adapters.
+        default: ``ones`` (w_i = 1, a sum: task arithmetic) or ``mean`` (w_i = 1/n, the average:
+            a uniform model soup, Wortsman et al. 2022), from :attr:`MethodInfo.default_weights`.
+
+    Raises:
+        ConfigError: wrong count or non-finite weights.
+    """
     if weights is None:
-        return [1.0] * n
+        return [1.0 / n] * n if default == "mean" else [1.0] * n
     w = [float(x) for x in weights]
     if len(w) != n:
         raise ConfigError(f"got {len(w)} weights for {n} adapters; give one weight per adapter")
@@ -362,7 +373,8 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
                    weights: Sequence[float] | None = None, params: Mapping[str, Any] | None = None,
                    rank: int | None = None, full: bool = False, base: str | None = None, overwrite: bool = False,
                    svd: str = "exact", dtype: str | torch.dtype = "float32", allow_different_base: bool = False,
-                   allow_pickle: bool = False, log: Callable[[str], None] | None = None) -> Path:
+                   allow_pickle: bool = False, log: Callable[[str], None] | None = None,
+                   progress: bool | None = None) -> Path:
     """Merge LoRA adapters with a registered merge method and write the result atomically.
 
     Args:
@@ -370,7 +382,8 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             missing from an adapter contributes zero).
         method: a registered ``kind="merge"`` method (``lorasoups ls methods``).
         out: output folder (a PEFT adapter, or a HF model folder with ``full``), plus ``merge_info.json``.
-        weights: one weight per adapter (default 1 each).
+        weights: one weight per adapter (default: the method's, see ``lorasoups ls methods``:
+            1/n each for ``linear``, the average; 1 each for the others, e.g. ``task_arithmetic``).
         params: method parameters (``{"density": 0.5}``); strings are converted to the defaults' types.
         rank: SVD step to rank K (best rank-K approximation, fp32). Dense methods without ``rank`` or
             ``full`` use the largest input rank. For exact methods ``rank`` truncates the rank-sum.
@@ -385,6 +398,8 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         allow_different_base: accept adapters whose ``base_model_name_or_path`` differ.
         allow_pickle: accept pickled ``adapter_model.bin`` inputs.
         log: called with progress/summary lines (e.g. ``print``).
+        progress: a per-module progress bar with ETA on stderr (:func:`lorasoups.progress.bar`):
+            None shows it when stderr is a terminal, False never.
 
     Returns:
         ``Path(out)``. ``out/merge_info.json`` records method, parameters, weights, inputs with
@@ -395,7 +410,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         AdapterError: unreadable/incompatible adapters (different base models, shape conflicts).
         ModelError: ``full`` without a usable local base model.
         FileExistsError: ``out`` exists and ``overwrite`` is False.
-        LorasoupsError: ``out`` would overwrite an input.
+        LorasoupsError: ``out`` would overwrite an input or cannot be written (checked before merging).
     """
     from .. import __version__
     from ..provenance import git_commit, package_versions, sha256_dir
@@ -416,7 +431,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
     if out_dtype not in _DTYPES.values():
         raise ConfigError(f"unsupported output dtype {dtype!r}; choose float32, float16 or bfloat16")
     streams = [open_adapter(a, allow_pickle=allow_pickle) for a in adapters]
-    w = _resolve_weights(weights, len(streams))
+    w = resolve_weights(weights, len(streams), info.default_weights)
     name_check = align_streams(streams, base)
     say(name_check)
     base_model, modules = check_compatible(streams, allow_different_base)
@@ -442,6 +457,9 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         files = _base_weight_files(base_path)
         _check_base_shapes(base_path, files, shapes)
     check_not_input(out, [s.path for s in streams] + ([base_path] if base_path else []))
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_writable(out)
     inputs = [{"path": str(s.path.resolve()), "base_model": s.base_model, "sha256": sha256_dir(s.path),
                "num_modules": len(s.modules), "missing_modules": sum(1 for m in modules if m not in s.modules)}
               for s in streams]
@@ -461,10 +479,16 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         f, errors[m] = truncate_delta(r, int(rank), driver=svd, seed=module_seed(0, m))
         return f
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    from ..progress import bar, printing_above
+
+    svd_step = not full and (rank is not None)
+    pbar = bar(len(modules), f"merge {info.name}" + (" + SVD" if svd_step else ""), progress=progress,
+               unit="module")
+    with pbar, atomic_dir(out, overwrite=overwrite) as tmp:
         if full:
             def dense_of(m: str) -> torch.Tensor:
                 r = merged(m)
+                pbar.update(1)
                 return r.delta() if isinstance(r, LoraFactors) else r
 
             _write_full(tmp, base_path, files, dense_of, set(modules))
@@ -481,8 +505,10 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
                     out_ranks[m] = f.r
                     # shape-only stand-ins (no memory) for build_config
                     meta[m] = LoraFactors(A=torch.empty(f.r, 0, device="meta"), B=torch.empty(0, f.r, device="meta"))
+                    pbar.update(1)
                     if m in errors:
-                        say(f"[{i + 1}/{len(modules)}] {m}: rank {f.r}, relative Frobenius error {errors[m]:.3e}")
+                        with printing_above(pbar):
+                            say(f"[{i + 1}/{len(modules)}] {m}: rank {f.r}, relative Frobenius error {errors[m]:.3e}")
                 writer.close({"format": "pt"})
             except BaseException:
                 writer.abort()
@@ -509,6 +535,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             "reference": info.reference,
             "params": p,
             "weights": w,
+            "weights_default": weights is None,
             "output": "full" if full else "adapter",
             "rank": rank,
             "rank_default": rank_default,
@@ -540,6 +567,9 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
     if errors:
         say(f"SVD step ({svd}, rank {rank}): max relative Frobenius error {max(errors.values()):.3e} "
             f"at {max(errors, key=errors.get)}")
-    say(f"wrote {out} ({'full model' if full else 'adapter'}, {len(modules)} modules, "
-        f"{time.time() - t0:.1f}s)")
+    ws = ", ".join(f"{x:.4g}" for x in w)
+    how = "" if weights is not None else (" (default: 1/n, the average)" if info.default_weights == "mean"
+                                          else " (default: 1 each, the sum)")
+    say(f"wrote {out} ({'full model' if full else 'adapter'}, {info.name}, weights [{ws}]{how}, "
+        f"{len(modules)} modules, {time.time() - t0:.1f}s)")
     return Path(out)

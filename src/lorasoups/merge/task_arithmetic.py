@@ -1,6 +1,7 @@
 """``task_arithmetic``: λ Σ_i w_i ΔW_i (Ilharco et al. 2023, eq. 1, with task vectors ΔW_i).
 
 Exact like :mod:`.linear`: the result is the rank-sum LoRA with every weight multiplied by λ.
+Unlike ``linear`` (default: the average), the default weights are w_i = 1: task vectors are added.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from ..types import LoraFactors
 from .concat import concat_factors
 
 
-@register_method("task_arithmetic", kind="merge", space="concat",
+@register_method("task_arithmetic", kind="merge", space="concat", default_weights="ones",
                  reference="Ilharco et al. 2023 (Editing models with task arithmetic)",
-                 description="λ Σ w_i ΔW_i (λ = scaling_coef), exact rank-sum LoRA")
+                 description="λ Σ w_i ΔW_i (λ = scaling_coef), exact rank-sum LoRA; default w_i = 1 (the sum)")
 def task_arithmetic(factors: Sequence[LoraFactors | None], weights: Sequence[float], *,
                     scaling_coef: float = 1.0) -> LoraFactors:
     """Task arithmetic: the sum of (weighted) task vectors scaled by λ.

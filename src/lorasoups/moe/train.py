@@ -73,7 +73,9 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: floa
     log: list[dict] = []
     t0 = time.time()
     model.train()
-    bar = tqdm(total=steps, desc="moe routers", unit="step", disable=not progress)
+    from ..progress import progress_enabled
+
+    bar = tqdm(total=steps, desc="moe routers", unit="step", disable=not progress_enabled(progress))
     try:
         for step in range(steps):
             for g in opt.param_groups:

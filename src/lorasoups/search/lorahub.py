@@ -307,7 +307,9 @@ def search_weights(objective: Callable[[np.ndarray], dict[str, float]], n: int, 
     param.random_state = np.random.RandomState(seed)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=budget, num_workers=1)
     best: dict[str, Any] = {"loss": math.inf}
-    bar = tqdm(total=budget, desc="lorahub search", unit="cand", disable=not progress)
+    from ..progress import progress_enabled
+
+    bar = tqdm(total=budget, desc="lorahub search", unit="cand", disable=not progress_enabled(progress))
     with warnings.catch_warnings():
         # scipy's COBYLA (one of NGOpt's sub-optimisers) warns about its own tolerance defaults
         warnings.filterwarnings("ignore", message="COBYLA: Invalid RHOEND")

@@ -231,8 +231,10 @@ def _callbacks():
             if state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
+                from ..progress import progress_enabled
+
                 self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                                dynamic_ncols=True)
+                                dynamic_ncols=True, disable=not progress_enabled())  # terminal only
 
         def on_step_end(self, args, state, control, **kw):
             if self.bar is not None:
