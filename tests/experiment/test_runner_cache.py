@@ -278,3 +278,32 @@ def test_report_compare_to(tmp_path, tiny_dir):
     assert "**vs linear (report.compare_to)**" in (run / "results.md").read_text()
     with pytest.raises(LorasoupsError, match=r"report.compare_to: 'lineer' is not a method.*linear"):
         _cfg(tmp_path, report={"compare_to": ["lineer"]})
+
+
+def test_results_record_peak_rss_per_stage(tmp_path, tiny_dir):
+    cfg = _cfg(tmp_path)
+    r, doc = _run(cfg, tmp_path / "run", Fakes(tiny_dir))
+    mem = doc["memory"]
+    # every executed stage has a peak, at least this (python + torch) process's own RSS
+    assert set(mem["stage_peak_rss_mib"]) == {s.stage for s in r.steps}
+    assert all(v > 50 for v in mem["stage_peak_rss_mib"].values())
+    assert mem["run_peak_rss_mib"] == max(mem["stage_peak_rss_mib"].values())
+    assert mem["process_peak_rss_mib"] >= mem["run_peak_rss_mib"] * 0.5 and "measures" in mem
+    for tmg in doc["timing"]["steps"].values():
+        assert tmg["peak_rss_mib"] > 0 and tmg["rss_after_mib"] > 0
+
+
+def test_peak_rss_sampler_sees_an_allocation():
+    import numpy as np
+
+    from lorasoups.experiment.memory import PeakRSS, release_memory, rss_mib
+
+    release_memory()
+    before = rss_mib()
+    with PeakRSS(interval_s=0.01) as m:
+        a = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
+        import time
+        time.sleep(0.1)
+        del a
+    assert m.peak_mib >= before + 50
+    assert release_memory() in (True, False)

@@ -24,6 +24,7 @@ from ..config import ExperimentConfig, thaw
 from ..errors import LorasoupsError
 from ..paths import atomic_write_text, find_data_dir
 from .cache import FileHasher, hash_obj, is_done, read_marker, remove_path, write_marker
+from .memory import PeakRSS, maxrss_mib, release_memory, rss_mib
 from .executors import (composite_data, composite_params, default_executors, skill_train_options,
                         split_eval_output)
 from .plan import STAGES, Step, build_plan, method_output
@@ -179,11 +180,14 @@ class Runner:
         for i, step in enumerate(self.steps, 1):
             prefix = f"step {i}/{n}: {step.title}"
             t0 = time.time()
+            mem = PeakRSS()
             try:
-                if step.stage == "eval":
-                    did = self._run_eval(step, ctx, prefix)
-                else:
-                    did = self._run_build(step, ctx, prefix)
+                with mem:
+                    if step.stage == "eval":
+                        did = self._run_eval(step, ctx, prefix)
+                    else:
+                        did = self._run_build(step, ctx, prefix)
+                    release_memory()  # models of this step are gone: return their pages to the OS
             except BaseException as e:
                 self._steplog({"event": "failed", "step": i, "of": n, "id": step.id, "stage": step.stage,
                                "wall_s": round(time.time() - t0, 2), "error": f"{type(e).__name__}: {e}",
@@ -194,9 +198,10 @@ class Runner:
                                          f"re-run the same command to resume.") from e
                 raise
             wall = round(time.time() - t0, 2)
-            timings[step.id] = {"stage": step.stage, "cached": not did, "wall_s": wall}
+            timings[step.id] = {"stage": step.stage, "cached": not did, "wall_s": wall,
+                                "peak_rss_mib": mem.peak_mib, "rss_after_mib": rss_mib()}
             self._steplog({"event": "done" if did else "cached", "step": i, "of": n, "id": step.id,
-                           "stage": step.stage, "wall_s": wall})
+                           "stage": step.stage, "wall_s": wall, "peak_rss_mib": mem.peak_mib})
             ctx.hasher.save()
         results = self.collect(ctx, timings, time.time() - t_start)
         from ..report import write_report
@@ -373,6 +378,7 @@ class Runner:
             "samples": samples,
             "timing": {"this_run_wall_s": round(wall, 2), "this_run_stage_wall_s": stage_wall,
                        "build_wall_s_when_produced": produced, "steps": timings},
+            "memory": memory_summary(timings),
             "provenance": {
                 "git_commit": git_commit(),
                 "package_versions": package_versions(),
@@ -396,6 +402,24 @@ class Runner:
         for f in self._data_files(ctx, list(dict.fromkeys(specs))):
             out[f["spec"]] = f["sha256"]
         return out
+
+
+def memory_summary(timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``results.json["memory"]``: peak RSS per stage over this run's steps (MiB, process tree,
+    sampled; see :mod:`lorasoups.experiment.memory` for what each figure measures) and the kernel's
+    whole-process high-water marks."""
+    per_stage: dict[str, float] = {}
+    for tmg in timings.values():
+        if "peak_rss_mib" in tmg:
+            per_stage[tmg["stage"]] = max(per_stage.get(tmg["stage"], 0.0), tmg["peak_rss_mib"])
+    hw = maxrss_mib()
+    return {"stage_peak_rss_mib": per_stage,
+            "run_peak_rss_mib": max(per_stage.values(), default=0.0),
+            "process_peak_rss_mib": hw["self"], "children_peak_rss_mib": hw["children"],
+            "measures": "stage_peak_rss_mib / run_peak_rss_mib: largest RSS of this process plus its live "
+                        "descendants (summed), sampled every 0.1 s during each step of this run (cached steps "
+                        "included); process_peak_rss_mib / children_peak_rss_mib: getrusage ru_maxrss of this "
+                        "process and of its largest waited-for child over the process's whole life (MiB)"}
 
 
 @contextlib.contextmanager
