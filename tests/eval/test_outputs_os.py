@@ -187,9 +187,11 @@ def test_dependency_warnings_once(monkeypatch):
         warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
 
     monkeypatch.setattr("sys.warnoptions", [])
-    with dependency_warnings_once():
-        for _ in range(5):
-            with warnings.catch_warnings():  # libraries touch the filters between calls
-                warnings.simplefilter("ignore", DeprecationWarning)
-            dependency_call()
+    with warnings.catch_warnings():
+        warnings.resetwarnings()  # as in a plain `lorasoups` process (no -W filters of the test run)
+        with dependency_warnings_once():
+            for _ in range(5):
+                with warnings.catch_warnings():  # libraries touch the filters between calls
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                dependency_call()
     assert shown == ["`is_gradient_checkpointing` is deprecated"]
