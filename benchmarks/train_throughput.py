@@ -14,6 +14,17 @@ half of the full-square count in PaLM, Chowdhery et al. 2022, app. B) ``+`` the 
 (6 flops per LoRA weight: forward, input grad, weight grad). Run::
 
     nice -n 10 python benchmarks/train_throughput.py --steps 6
+
+``--sft`` compares, on the cpu preset's real SFT data (gsm8k + codealpaca, prompt tokens masked,
+cutoff 320), one training step of a plain PEFT + AdamW loop (``model(**batch).loss``: full
+(batch, seq, vocab) logits) with the same step using lorasoups' loss
+(:func:`lorasoups.train.loss.lm_loss_sum`: head at response positions only, chunked fp32 CE). Two
+identically initialised PEFT models see the same batches, interleaved step by step (order
+alternating), so a shared CPU slows both alike; it prints per-step seconds, the loss of both
+curves, the tokens/s ratio, peak RSS growth of each step kind, and the padding fraction of random
+batches vs length-grouped batches (transformers' ``LengthGroupedSampler``)::
+
+    nice -n 10 python benchmarks/train_throughput.py --sft --steps 6
 """
 
 from __future__ import annotations
@@ -73,6 +84,125 @@ def corpus_file(folder: Path, data_dir: str | None) -> Path:
     return p
 
 
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    """Padded positions / all positions when each batch is right-padded to its longest example."""
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    tot = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return pad / tot
+
+
+class RssPeak:
+    """Peak resident memory (MiB) above the value at entry, sampled from /proc every 2 ms in a thread."""
+
+    def __enter__(self):
+        import os
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        self.start = self._now()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    def _now(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _poll(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._now())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._now())
+        self.rise = self.peak - self.start
+
+
+def sft_compare(args) -> None:
+    """Plain PEFT loop vs lorasoups' loss on the same SFT batches, interleaved (see module docstring)."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from lorasoups.models import load_tokenizer, resolve_base
+    from lorasoups.train.data import collate, load_training_data
+    from lorasoups.train.loss import lm_loss_sum
+    from lorasoups.train.sft import DEFAULT_TARGETS
+
+    base_dir = resolve_base(args.base)
+    tok = load_tokenizer(base_dir)
+    td = load_training_data(["gsm8k:max_samples=512", "codealpaca:max_samples=512"], tok, cutoff_len=320,
+                            data_dir=args.data_dir)
+    exs = td.examples
+    lengths = [len(e["input_ids"]) for e in exs]
+    bs = args.batch_size
+    order = list(range(len(exs)))
+    random.Random(0).shuffle(order)
+    rand_batches = [order[k:k + bs] for k in range(0, len(order) - bs + 1, bs)]
+    g = torch.Generator().manual_seed(0)
+    grouped = list(LengthGroupedSampler(bs, lengths=lengths, generator=g))
+    grp_batches = [grouped[k:k + bs] for k in range(0, len(grouped) - bs + 1, bs)]
+    n_resp = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in exs)
+    print(f"data: {len(exs)} examples, mean length {sum(lengths) / len(lengths):.1f} tokens, "
+          f"response tokens {n_resp / sum(lengths):.2f} of all")
+    print(f"padding fraction, batch {bs}: random batches {padding_fraction(lengths, rand_batches):.3f}, "
+          f"length-grouped {padding_fraction(lengths, grp_batches):.3f}")
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.sft_precision]
+    models, opts = [], []
+    for _ in range(2):
+        m = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        torch.manual_seed(0)
+        m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=DEFAULT_TARGETS,
+                                         bias="none", task_type="CAUSAL_LM"))
+        m.train()
+        models.append(m)
+        opts.append(torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4))
+
+    def step(kind: str, b: dict) -> tuple[float, float, float]:
+        m, opt = models[kind == "lean"], opts[kind == "lean"]
+        with RssPeak() as mem:
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                if kind == "plain":
+                    loss = m(**b).loss
+                else:
+                    s, n = lm_loss_sum(m, b)
+                    loss = s / n
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t
+            loss_v = float(loss.detach())
+            del loss
+        return dt, loss_v, mem.rise
+
+    rows = []
+    for k in range(args.steps):
+        b = collate([exs[i] for i in rand_batches[k]], tok.pad_token_id)
+        ntok = int(b["attention_mask"].sum())
+        first, second = ("plain", "lean") if k % 2 == 0 else ("lean", "plain")
+        r = {first: step(first, b), second: step(second, b)}
+        rows.append((k + 1, ntok, r["plain"], r["lean"]))
+        print(f"step {k + 1}: {ntok} tokens; plain {r['plain'][0]:.2f} s loss {r['plain'][1]:.4f}; "
+              f"lorasoups {r['lean'][0]:.2f} s loss {r['lean'][1]:.4f}", flush=True)
+    steady = rows[args.warmup:] or rows
+    tp = sum(x[1] for x in steady) / sum(x[2][0] for x in steady)
+    tl = sum(x[1] for x in steady) / sum(x[3][0] for x in steady)
+    print(f"\n{args.sft_precision}, batch {bs}, {torch.get_num_threads()} threads, steps {args.warmup + 1}..{args.steps}:")
+    print(f"  plain PEFT + AdamW loop: {tp:8.1f} tokens/s")
+    print(f"  lorasoups loss:          {tl:8.1f} tokens/s   ratio {tl / tp:.2f}x")
+    print(f"  max |loss difference| over the curve: {max(abs(x[2][1] - x[3][1]) for x in rows):.2e} nats")
+    print(f"  peak RSS rise over a step's start (max over steps): plain {max(x[2][2] for x in rows):.0f} MiB, "
+          f"lorasoups {max(x[3][2] for x in rows):.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="smollm2-135m")
@@ -84,7 +214,16 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--sft", action="store_true", help="plain PEFT loop vs lorasoups' loss on SFT data, interleaved")
+    ap.add_argument("--sft-precision", choices=["fp32", "bf16"], default="bf16")
     args = ap.parse_args()
+    if args.sft:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sft_compare(args)
+        return
 
     import torch
 

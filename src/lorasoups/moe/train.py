@@ -56,7 +56,7 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: floa
     import torch
     from tqdm.auto import tqdm
 
-    from ..search.lorahub import lm_loss_sum
+    from ..train.loss import lm_loss_sum
     from ..train.cat import autocast_context, batches, lr_at
     from ..train.data import collate
     from .model import mean_aux_loss, router_parameters, set_token_mask

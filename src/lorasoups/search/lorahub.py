@@ -49,6 +49,7 @@ from torch import nn
 from ..errors import AdapterError, ConfigError, DataError
 from ..methods import register_method
 from ..types import AdapterRecord, LoraFactors
+from ..train.loss import lm_loss_sum  # noqa: F401  (re-exported: one LM loss for every trainer)
 from ..wrap import LinearWrapper, base_linear, replace_module
 
 SPACES = ("delta", "factors")
@@ -222,38 +223,6 @@ def set_weights(wrappers: dict[str, HubLinear], weights: Sequence[float] | np.nd
 # ----------------------------------------------------------------------------------------------
 # Objective
 # ----------------------------------------------------------------------------------------------
-
-def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy (nats) over label tokens of a batch, and their count.
-
-    Args:
-        batch: ``input_ids`` (b, T) long, ``attention_mask`` (b, T), ``labels`` (b, T) with -100
-            on tokens that are not scored (prompt, padding).
-
-    Returns:
-        (loss sum as a 0-d fp32 tensor, number of scored tokens). The output head is applied only
-        at scored positions, so no (b, T, vocab) tensor is built when the model exposes its decoder
-        and output embeddings (otherwise full logits are used).
-    """
-    ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch["labels"]
-    tgt = labels[:, 1:]                       # (b, T-1) targets for positions 0..T-2
-    sel = tgt != IGNORE_INDEX                 # (b, T-1)
-    n = int(sel.sum())
-    if n == 0:
-        return torch.zeros((), dtype=torch.float32, device=ids.device), 0
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    plain_head = (decoder is not None and isinstance(head, nn.Linear)
-                  and getattr(model.config, "final_logit_softcapping", None) is None
-                  and float(getattr(model.config, "logit_scale", 1.0) or 1.0) == 1.0)
-    if plain_head:
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state   # (b, T, d)
-        logits = head(hidden[:, :-1][sel])                                       # (n, vocab)
-    else:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]   # (n, vocab)
-    loss = F.cross_entropy(logits.float(), tgt[sel], reduction="sum")
-    return loss, n
-
 
 @torch.no_grad()
 def mean_ce(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:

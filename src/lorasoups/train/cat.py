@@ -151,24 +151,13 @@ def batches(examples: list[dict], batch_size: int, seed: int):
         e += 1
 
 
-def causal_lm_loss(logits, labels, reduction: str = "mean"):
-    """Next-token cross-entropy (nats) of ``logits`` (B, T, V) against ``labels`` (B, T), -100
-    ignored: position t predicts label t+1. Only labelled positions are upcast to fp32, which keeps
-    memory well below an fp32 copy of all logits. Returns a 0-d tensor (``mean`` or ``sum``)."""
-    import torch.nn.functional as F
-
-    tgt = labels[:, 1:]  # (B, T-1)
-    sel = tgt != -100
-    lg = logits[:, :-1][sel].float()  # (N, V), N labelled positions
-    return F.cross_entropy(lg, tgt[sel], reduction=reduction)
-
-
 def mean_loss(model, examples: list[dict], pad_token_id: int, batch_size: int, precision: str, device: str) -> float:
     """Token-weighted mean next-token cross-entropy (nats) of ``model`` on ``examples`` (labels
     -100 ignored), no gradients."""
     import torch
 
     from .data import collate
+    from .loss import lm_loss_sum
 
     total, count = 0.0, 0
     model.eval()
@@ -177,12 +166,9 @@ def mean_loss(model, examples: list[dict], pad_token_id: int, batch_size: int, p
             b = collate(examples[k:k + batch_size], pad_token_id)
             ids, am, labels = b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device)
             with autocast_context(precision, device):
-                logits = model(input_ids=ids, attention_mask=am).logits
-            n = int((labels[:, 1:] != -100).sum())
-            if n:
-                total += float(causal_lm_loss(logits, labels, reduction="sum"))
-                count += n
-            del logits
+                s, n = lm_loss_sum(model, {"input_ids": ids, "attention_mask": am, "labels": labels})
+            total += float(s)
+            count += n
     return total / max(count, 1)
 
 
@@ -207,6 +193,7 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lr:
     import torch
 
     from .data import collate
+    from .loss import lm_loss_sum
 
     if not train:
         raise DataError("CAT: no training examples")
@@ -230,9 +217,9 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lr:
             if not (labels[:, 1:] != -100).any():
                 continue  # nothing to predict in this micro-batch (all prompt tokens)
             with autocast_context(precision, device):
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            loss = causal_lm_loss(logits, labels)
-            del logits
+                s, n = lm_loss_sum(model, {"input_ids": b["input_ids"].to(device),
+                                           "attention_mask": b["attention_mask"].to(device), "labels": labels})
+            loss = s / n
             if not torch.isfinite(loss):
                 raise DataError(f"CAT: non-finite loss at step {step + 1}; try a smaller --lr")
             (loss / grad_accum).backward()

@@ -184,6 +184,32 @@ def work_dir_for(out: str | os.PathLike) -> Path:
     return out.parent / f".{out.name}.work"
 
 
+def lean_trainer_class():
+    """A ``transformers.Trainer`` subclass whose loss is :func:`lorasoups.train.loss.lm_loss_sum`.
+
+    Same value as the model's own loss (mean next-token cross-entropy over label tokens, divided by
+    the Trainer's ``num_items_in_batch`` under gradient accumulation exactly as the model would), but
+    the output head runs only at label positions and in chunks, so no (batch, seq, vocab) logits
+    tensor is built. Defined lazily so importing this module stays light.
+    """
+    from transformers import Trainer
+
+    from .loss import lm_loss_sum
+
+    class LeanLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            s, n = lm_loss_sum(model, inputs)
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                loss = s / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+            else:
+                loss = s / max(n, 1)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return LeanLossTrainer
+
+
 def _callbacks():
     """TrainerCallback classes (defined lazily so importing this module stays light)."""
     from transformers import TrainerCallback
@@ -307,7 +333,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         ModelError: the base model cannot be loaded.
     """
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -432,7 +458,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     JsonlLog, ProgressBar = _callbacks()
     log_cb = JsonlLog(work / "train_log.jsonl")
     cbs = [log_cb] + ([ProgressBar(log_cb)] if progress else []) + list(callbacks or [])
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+    trainer = lean_trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=cbs)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
