@@ -123,8 +123,13 @@ def test_2_eq_override_fails(sb, host_clean):
 def test_3_host_folders_not_visible(sb, tmp_path):
     marker = Path("/tmp") / f"lsx-marker-{os.getpid()}"
     marker.write_text("x")
+    from lorasoups.paths import find_data_dir
+
+    data = find_data_dir()  # the real data folder of this checkout: it exists on the host
+    gold = data / "gsm_hard" / "gsmhardv2.jsonl"
+    assert gold.exists()
     try:
-        paths = ["/work/shared/data/gsm_hard/gsmhardv2.jsonl", "/work/shared/data", str(Path.cwd()),
+        paths = [str(gold), str(data), str(Path.cwd()),
                  str(Path(__file__).resolve()), "/home", "/root", "/srv", "/run", "/etc/passwd", str(marker),
                  str(tmp_path), "/var", "/opt", "/sys/fs/cgroup"]
         r = sb.run(f"import os\nprint([p for p in {paths!r} if os.path.exists(p)])\nprint(sorted(os.listdir('/')))")
@@ -133,7 +138,7 @@ def test_3_host_folders_not_visible(sb, tmp_path):
         assert lines[0] == "[]"
         assert set(eval(lines[1])) <= {"bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"}
         rec = _math(sb, "def solution():\n    import json\n"
-                        "    for l in open('/work/shared/data/gsm_hard/gsmhardv2.jsonl'):\n"
+                        f"    for l in open({str(gold)!r}):\n"
                         "        return json.loads(l)['target']", 1.0)
         assert rec["result"].status == "error" and "FileNotFoundError" in rec["result"].error
     finally:
