@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .plot import run_title, save_figure
+
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
 
 
@@ -109,13 +111,4 @@ def plot_forest(doc: dict[str, Any], out: str | Path) -> Path | None:
         ax.set_title(f"{pn['column']} vs {pn['ref']}", fontsize=8.5)
         ax.set_xlabel(f"paired difference, 95% CI (right = better; {unit})", fontsize=7)
         ax.grid(axis="x", alpha=0.3)
-    title = doc.get("name", "results") + (f" ({doc['preset']})" if doc.get("preset") else "")
-    fig.suptitle(f"{title}: every method vs the reference rows, same items", fontsize=9.5)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out, f"{run_title(doc)}: every method vs the reference rows, same items", fontsize=9.5)

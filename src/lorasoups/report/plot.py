@@ -60,8 +60,20 @@ def plot_results(doc: dict[str, Any], out: str | Path) -> Path:
                 pad = (hi - lo) * 0.3 + 1e-9
                 ax.set_ylim(lo - pad, hi + pad)
         ax.grid(axis="y", alpha=0.3)
-    title = doc.get("name", "results") + (f" ({doc['preset']})" if doc.get("preset") else "")
-    fig.suptitle(f"{title}: mean ± s.e., best outlined", fontsize=10)
+    return save_figure(fig, out, f"{run_title(doc)}: mean ± s.e., best outlined", fontsize=10)
+
+
+def run_title(doc: dict[str, Any]) -> str:
+    """``name (preset)`` of a results document, for figure titles."""
+    return doc.get("name", "results") + (f" ({doc['preset']})" if doc.get("preset") else "")
+
+
+def save_figure(fig: Any, out: str | Path, suptitle: str, fontsize: float = 10) -> Path:
+    """Title, lay out and write a matplotlib figure to ``out`` (PNG, 120 dpi) atomically (temporary
+    file, then rename); closes the figure and returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(suptitle, fontsize=fontsize)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
