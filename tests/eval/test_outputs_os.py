@@ -184,7 +184,8 @@ def test_dependency_warnings_once(monkeypatch):
     monkeypatch.setattr(warnings, "showwarning", lambda msg, *a, **k: shown.append(str(msg)))
 
     def dependency_call():
-        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+        warnings.warn("`some_option` is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)  # known harmless: hidden
 
     monkeypatch.setattr("sys.warnoptions", [])
     with warnings.catch_warnings():
@@ -194,4 +195,4 @@ def test_dependency_warnings_once(monkeypatch):
                 with warnings.catch_warnings():  # libraries touch the filters between calls
                     warnings.simplefilter("ignore", DeprecationWarning)
                 dependency_call()
-    assert shown == ["`is_gradient_checkpointing` is deprecated"]
+    assert shown == ["`some_option` is deprecated"]

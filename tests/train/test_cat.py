@@ -216,7 +216,7 @@ def test_no_train_uniform_equals_merge_concat(tiny_dir, adapters, tmp_path, inpu
     assert len(log) == 1 and all(s["mean_abs_change"] == 0 for s in log[0]["coefficients"].values())
 
 
-def test_cli_writes_everything(tiny_dir, adapters, tmp_path):
+def test_cli_writes_everything(tiny_dir, adapters, tmp_path, capsys):
     from lorasoups.cli.main import main
 
     data = tmp_path / "skill.json"
@@ -227,6 +227,8 @@ def test_cli_writes_everything(tiny_dir, adapters, tmp_path):
             "--out", str(out), "--steps", "3", "--batch-size", "4", "--lr", "0.05", "--granularity", "layer",
             "--init", "random", "--fraction", "1.0", "--precision", "fp32", "--seed", "7", "--quiet"]
     assert main(args) == 0
+    # 18 training and 2 held-out examples: the user is told the mix is small (noisy coefficients)
+    assert "cat: warning: the training mix is small (18 training, 2 held-out" in capsys.readouterr().out
     opts = json.loads((out / "cat_options.json").read_text())
     assert opts["options"]["granularity"] == "layer" and opts["options"]["init"] == "random"
     assert opts["options"]["lr"] == 0.05 and opts["resolved"]["steps"] == 3 and opts["options"]["seed"] == 7

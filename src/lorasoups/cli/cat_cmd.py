@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="part of the mix held out for the validation loss before/after (default 0.1)")
     p.add_argument("--keep-long-prompts", action="store_true",
-                   help="fail on a sampled record whose prompt does not fit --cutoff-len (default: skip it)")
+                   help="do not skip records whose prompt alone exceeds --cutoff-len: stop with an error naming "
+                        "the record instead (default: skip them, counted)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train", action="store_true", help="export the initial coefficients (static controls)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",

@@ -19,6 +19,11 @@ COMMANDS = ["models", "ls", "inspect", "train", "merge", "cat", "lorahub", "moe"
 WORK_COMMANDS = {"train", "merge", "cat", "lorahub", "moe", "eval", "run"}
 
 
+# Dependency warnings a user can do nothing about, hidden entirely (explicit -W settings still win):
+# PEFT's PeftModel.__init__ reads ``model.is_gradient_checkpointing``, deprecated in transformers 5.
+KNOWN_HARMLESS = [(r"`is_gradient_checkpointing` is deprecated", FutureWarning)]
+
+
 @contextlib.contextmanager
 def dependency_warnings_once() -> Iterator[None]:
     """Show each warning (same category and text) once per command, not once per call: e.g. PEFT's
@@ -42,6 +47,8 @@ def dependency_warnings_once() -> Iterator[None]:
             show(message, category, filename, lineno, file, line)
 
         warnings.showwarning = show_once
+        for pattern, category in KNOWN_HARMLESS:
+            warnings.filterwarnings("ignore", message=pattern, category=category)
         yield
 
 

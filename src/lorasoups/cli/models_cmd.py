@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub) -> None:
@@ -17,5 +18,7 @@ def add_parser(sub) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     from ..models import prepare_model
 
-    print(prepare_model(args.name, force=args.force))
+    folder = prepare_model(args.name, force=args.force)
+    sys.stderr.flush()  # progress bars of the conversion end before the path is printed on its own line
+    print(folder, flush=True)
     return 0

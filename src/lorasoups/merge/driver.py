@@ -37,6 +37,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 # ----------------------------------------------------------------------------------------- helpers
 
+
+SVD_ERROR_WARN = 0.1  # relative Frobenius error of the SVD step above which merge warns
+
 def merge_methods() -> dict[str, MethodInfo]:
     """Registered methods of kind ``merge`` (importing :mod:`lorasoups.merge` registers them)."""
     import lorasoups.merge  # noqa: F401
@@ -479,7 +482,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         f, errors[m] = truncate_delta(r, int(rank), driver=svd, seed=module_seed(0, m))
         return f
 
-    from ..progress import bar, printing_above
+    from ..progress import bar
 
     svd_step = not full and (rank is not None)
     pbar = bar(len(modules), f"merge {info.name}" + (" + SVD" if svd_step else ""), progress=progress,
@@ -498,7 +501,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
             writer = SafetensorsStreamWriter(tmp / WEIGHTS_NAME)
             meta: dict[str, LoraFactors] = {}
             try:
-                for i, m in enumerate(modules):
+                for m in modules:
                     f = merged(m).folded()
                     writer.add(f"{PREFIX}{m}.lora_A.weight", f.A.to(out_dtype))
                     writer.add(f"{PREFIX}{m}.lora_B.weight", f.B.to(out_dtype))
@@ -506,9 +509,6 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
                     # shape-only stand-ins (no memory) for build_config
                     meta[m] = LoraFactors(A=torch.empty(f.r, 0, device="meta"), B=torch.empty(0, f.r, device="meta"))
                     pbar.update(1)
-                    if m in errors:
-                        with printing_above(pbar):
-                            say(f"[{i + 1}/{len(modules)}] {m}: rank {f.r}, relative Frobenius error {errors[m]:.3e}")
                 writer.close({"format": "pt"})
             except BaseException:
                 writer.abort()
@@ -564,9 +564,13 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         write_model_card(tmp, base_model=base_model or base, method=info.name, description=info.reference,
                          adapters=[s.path.name for s in streams], weights=w, params={**(p or {}), "rank": rank},
                          metrics={"max_rel_fro_error (SVD step)": max(errors.values())} if errors else None)
-    if errors:
-        say(f"SVD step ({svd}, rank {rank}): max relative Frobenius error {max(errors.values()):.3e} "
-            f"at {max(errors, key=errors.get)}")
+    if errors:  # per-module errors are in merge_info.json (svd.rel_fro_error)
+        worst = max(errors, key=errors.get)
+        say(f"SVD step ({svd}, rank {rank}): max relative Frobenius error {errors[worst]:.3e} at {worst}")
+        if errors[worst] > SVD_ERROR_WARN:
+            say(f"warning: the SVD step to rank {rank} keeps only part of the merged ΔW (relative Frobenius "
+                f"error up to {errors[worst]:.2f}); a larger --rank (e.g. the sum of the input ranks) or --full "
+                f"keeps more")
     ws = ", ".join(f"{x:.4g}" for x in w)
     how = "" if weights is not None else (" (default: 1/n, the average)" if info.default_weights == "mean"
                                           else " (default: 1 each, the sum)")

@@ -34,7 +34,11 @@ DEFAULT_CUTOFF_LEN = 256  # as skill-LoRA training (lorasoups train) and the pap
 SCHEDULES = ("linear", "constant")
 
 
+SMALL_MIX = 32  # fewer training examples than this in the CAT mix: warn (noisy coefficients)
+
+
 # ----------------------------------------------------------------------------- small helpers
+
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; other values are returned unchanged."""
@@ -400,6 +404,10 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     say = (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
+    if not no_train and (len(train_ex) < SMALL_MIX or 0 < len(val_ex) < SMALL_MIX // 4):
+        print(f"cat: warning: the training mix is small ({len(train_ex)} training, {len(val_ex)} held-out "
+              f"examples); coefficients and the validation loss will be noisy (raise --fraction or "
+              f"--max-samples, or give more data)", flush=True)
     n_steps = 0
     if not no_train:
         per_epoch = math.ceil(len(train_ex) / (batch_size * grad_accum))
