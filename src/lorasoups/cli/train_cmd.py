@@ -80,6 +80,10 @@ def add_parser(sub) -> None:
     o.add_argument("--lr-scheduler", choices=SCHEDULERS, default=d.lr_scheduler, help="(default: %(default)s)")
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     o.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping (default: %(default)s)")
+    o.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d.group_by_length,
+                   help="batch examples of similar length together (transformers' LengthGroupedSampler: same "
+                        "examples per epoch, little padding; changes which examples share a batch, not the data, "
+                        "steps or loss) (default: %(default)s)")
     o.add_argument("--seed", type=int, default=d.seed, help="seeds data sampling, LoRA init, dropout and order (default: %(default)s)")
     o.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... (default auto)")
     o.add_argument("--precision", choices=PRECISIONS, default=d.precision,
@@ -103,7 +107,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     keys = ["r", "lora_alpha", "lora_dropout", "learning_rate", "epochs", "batch_size", "grad_accum",
             "cutoff_len", "warmup_steps", "lr_scheduler", "weight_decay", "max_grad_norm", "seed", "val_fraction",
             "max_samples", "fraction", "weights", "train_on_inputs", "text_overlap", "skip_long_prompts",
-            "long_responses", "precision", "save_steps", "save_total_limit", "logging_steps", "data_dir"]
+            "long_responses", "group_by_length", "precision", "save_steps", "save_total_limit", "logging_steps", "data_dir"]
     opts = {k: getattr(args, k) for k in keys}
     opts["target_modules"] = [t.strip() for t in args.target_modules.split(",") if t.strip()]
     if args.max_steps is not None:

@@ -73,6 +73,7 @@ class TrainOptions:
     save_total_limit: int = 2
     logging_steps: int = 1
     data_dir: str | None = None
+    group_by_length: bool = True
 
     def validate(self) -> None:
         """Raises ConfigError naming every bad option."""
@@ -98,6 +99,8 @@ class TrainOptions:
             bad.append(f"precision {self.precision!r}{suggest(self.precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
         if self.long_responses not in LONG_RESPONSE_POLICIES:
             bad.append(f"long_responses {self.long_responses!r}; choose from {', '.join(LONG_RESPONSE_POLICIES)}")
+        if not isinstance(self.group_by_length, bool):
+            bad.append(f"group_by_length must be true or false, got {self.group_by_length!r}")
         if self.lr_scheduler not in SCHEDULERS:
             bad.append(f"lr_scheduler {self.lr_scheduler!r}; choose from {', '.join(SCHEDULERS)}")
         if bad:
@@ -422,6 +425,9 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         label_names=["labels"],
         include_num_input_tokens_seen="non_padding",
         optim="adamw_torch",
+        # length-grouped batches (transformers' LengthGroupedSampler, drawn from the seeded torch RNG):
+        # the same examples per epoch, in batches of similar length, so little of each batch is padding
+        train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
     )
     is_main = args.process_index == 0
     ckpt = None
