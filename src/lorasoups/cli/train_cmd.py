@@ -25,7 +25,7 @@ data specs:
 
 defaults:
   200 steps x 8 examples x <= 256 tokens, rank 8 / alpha 16 on q,k,v,o,gate,up,down projections,
-  lr 5e-4 (10 warm-up steps, cosine), bf16 autocast on CPUs with avx512_bf16/AMX (LoRA weights and
+  lr 5e-4 (10 warm-up steps, cosine), length-grouped batches (--no-group-by-length: random), bf16 autocast on CPUs with avx512_bf16/AMX (LoRA weights and
   optimizer state fp32). On SmolLM2-135M this learns a skill's answer format in about ten CPU minutes.
 
 outputs:

@@ -43,6 +43,12 @@ class TrainOptions:
     Defaults aim at a skill LoRA on SmolLM2-135M that learns its answer format within about ten
     CPU minutes: 200 steps of 8 examples of at most 256 tokens (≈ 250k training tokens), rank 8
     on all attention and MLP projections, learning rate 5e-4 with 10 warm-up steps and cosine decay.
+
+    ``group_by_length`` (default on): each epoch's examples are batched with others of similar length
+    (transformers' ``LengthGroupedSampler``, from the seeded torch RNG), so far fewer positions are
+    padding (cpu preset of configs/math_code.yaml: 2.3% instead of 38.3%). It changes which examples
+    share a batch and their order, hence the exact results, but not the data, the number of steps or
+    the loss definition; ``group_by_length=False`` gives uniformly random batches.
     """
 
     r: int = 8
