@@ -105,7 +105,8 @@ def test_fused_naive_and_exported_agree(tiny_dir, adapters, tmp_path, input_ids,
     records = [read_adapter(p) for p in paths]
     out = train_cat(str(tiny_dir), paths, synthetic_examples(), tmp_path / "cat", granularity=granularity,
                     normalize=normalize, init="random", seed=5, lr=0.2, steps=3, batch_size=4,
-                    precision="fp32", device="cpu", val_fraction=0.0)
+                    precision="fp32", device="cpu", val_fraction=0.0,
+                    group_by_length=False)  # the random-batch trajectory the 1e-5 tolerance below was set on
     doc = json.loads((out / "cat_coefficients.json").read_text())
     logits = {g: v["logits_final"] for g, v in doc["groups"].items()}
     moved = max(abs(a - b) for v in doc["groups"].values() for a, b in zip(v["logits_final"], v["logits_initial"]))
