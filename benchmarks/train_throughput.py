@@ -25,6 +25,17 @@ curves, the tokens/s ratio, peak RSS growth of each step kind, and the padding f
 batches vs length-grouped batches (transformers' ``LengthGroupedSampler``)::
 
     nice -n 10 python benchmarks/train_throughput.py --sft --steps 6
+
+``--sft-order`` compares, on the same data, one epoch of random batches (what the Trainer's
+``RandomSampler`` gives) with one epoch of length-grouped batches (``LengthGroupedSampler``, what
+``train --group-by-length`` gives): both cover the same examples in the same number of steps. Two
+identically initialised PEFT models (lorasoups' loss, AdamW) train on ``--steps`` batches drawn at the
+same random positions of their epoch, interleaved step by step (order alternating), so the mean step
+time estimates the epoch's wall time without bias. It prints the padding fraction of each epoch,
+examples/s, tokens/s counting real tokens and counting padded positions, the estimated epoch time,
+and the loss of both models on the same fixed 32 examples before and after::
+
+    nice -n 10 python benchmarks/train_throughput.py --sft-order --steps 16
 """
 
 from __future__ import annotations
@@ -203,6 +214,96 @@ def sft_compare(args) -> None:
           f"lorasoups {max(x[3][2] for x in rows):.0f} MiB")
 
 
+def sft_order_compare(args) -> None:
+    """Random vs length-grouped batches of one epoch, interleaved (see module docstring)."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from lorasoups.models import load_tokenizer, resolve_base
+    from lorasoups.train.data import collate, load_training_data
+    from lorasoups.train.loss import lm_loss_sum
+    from lorasoups.train.sft import DEFAULT_TARGETS
+
+    base_dir = resolve_base(args.base)
+    tok = load_tokenizer(base_dir)
+    td = load_training_data(["gsm8k:max_samples=512", "codealpaca:max_samples=512"], tok, cutoff_len=320,
+                            data_dir=args.data_dir, skip_long_prompts=True)
+    exs = td.examples
+    lengths = [len(e["input_ids"]) for e in exs]
+    bs = args.batch_size
+    torch.manual_seed(0)
+    order = torch.randperm(len(exs)).tolist()  # what RandomSampler draws
+    grouped = list(LengthGroupedSampler(bs, lengths=lengths, generator=torch.Generator().manual_seed(0)))
+    assert sorted(grouped) == sorted(order) == list(range(len(exs)))
+    epochs = {"random": [order[k:k + bs] for k in range(0, len(order), bs)],
+              "grouped": [grouped[k:k + bs] for k in range(0, len(grouped), bs)]}
+    n_batches = len(epochs["random"])
+    print(f"data: {len(exs)} examples, {sum(lengths)} tokens, {n_batches} batches of {bs} per epoch")
+    for kind, bl in epochs.items():
+        print(f"  {kind:8s} epoch: padding fraction {padding_fraction(lengths, bl):.3f}, "
+              f"padded positions {sum(max(lengths[i] for i in b) * len(b) for b in bl)}")
+    pick = random.Random(1).sample(range(n_batches), min(args.steps, n_batches))
+    probe = collate([exs[i] for i in random.Random(2).sample(range(len(exs)), 32)], tok.pad_token_id)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.sft_precision]
+    models, optims = {}, {}
+    for kind in epochs:
+        m = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        torch.manual_seed(0)
+        m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=DEFAULT_TARGETS,
+                                         bias="none", task_type="CAUSAL_LM"))
+        models[kind] = m
+        optims[kind] = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=5e-4)
+
+    def probe_loss(m) -> float:
+        m.eval()
+        tot, n = 0.0, 0
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            for k in range(0, 32, 8):
+                s, c = lm_loss_sum(m, {key: v[k:k + 8] for key, v in probe.items()})
+                tot, n = tot + float(s), n + int(c)
+        m.train()
+        return tot / n
+
+    before = {k: probe_loss(m) for k, m in models.items()}
+    stats = {k: {"t": 0.0, "ex": 0, "tok": 0, "pos": 0} for k in epochs}
+    for j, bi in enumerate(pick):
+        kinds = list(epochs) if j % 2 == 0 else list(epochs)[::-1]
+        line = []
+        for kind in kinds:
+            b = collate([exs[i] for i in epochs[kind][bi]], tok.pad_token_id)
+            m, opt = models[kind], optims[kind]
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                s, n = lm_loss_sum(m, b)
+                loss = s / n
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t
+            st = stats[kind]
+            if j >= args.warmup:
+                st["t"] += dt
+                st["ex"] += b["input_ids"].shape[0]
+                st["tok"] += int(b["attention_mask"].sum())
+                st["pos"] += b["input_ids"].numel()
+            line.append(f"{kind} {tuple(b['input_ids'].shape)} {dt:.2f} s loss {float(loss.detach()):.3f}")
+        print(f"step {j + 1} (batch {bi}): " + "; ".join(line), flush=True)
+    after = {k: probe_loss(m) for k, m in models.items()}
+    print(f"\n{args.sft_precision}, batch {bs}, {torch.get_num_threads()} threads, "
+          f"{len(pick) - args.warmup} timed steps each (batches at the same random epoch positions):")
+    eps = {}
+    for kind, st in stats.items():
+        eps[kind] = st["ex"] / st["t"]
+        print(f"  {kind:8s}: {eps[kind]:6.2f} examples/s, {st['tok'] / st['t']:7.1f} real tokens/s, "
+              f"{st['pos'] / st['t']:7.1f} padded positions/s, epoch ≈ {len(exs) / eps[kind] / 60:.1f} min; "
+              f"probe loss {before[kind]:.4f} -> {after[kind]:.4f}")
+    print(f"  grouped / random examples/s: {eps['grouped'] / eps['random']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="smollm2-135m")
@@ -216,7 +317,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--sft", action="store_true", help="plain PEFT loop vs lorasoups' loss on SFT data, interleaved")
     ap.add_argument("--sft-precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--sft-order", action="store_true", help="random vs length-grouped batches of one epoch, interleaved")
     args = ap.parse_args()
+    if args.sft_order:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sft_order_compare(args)
+        return
     if args.sft:
         import torch
 

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     g.add_argument("--epochs", type=float, default=_DEFAULT_EPOCHS, help=f"passes over the training mix (default {_DEFAULT_EPOCHS:g})")
     p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (default 8)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch examples of similar length together (seeded; same examples per epoch, little "
+                        "padding) (default: on)")
     p.add_argument("--schedule", choices=["linear", "constant"], default="linear", help="learning-rate schedule (default linear decay)")
     p.add_argument("--fraction", type=float, default=0.05, help="fraction of each skill dataset used (default 0.05, the paper's 5%%)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on examples per skill dataset")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = train_cat(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out, granularity=args.granularity,
                     normalize=args.normalize, init=args.init, lr=args.lr, steps=args.steps, epochs=args.epochs,
-                    batch_size=args.batch_size, grad_accum=args.grad_accum, schedule=args.schedule,
+                    batch_size=args.batch_size, grad_accum=args.grad_accum, group_by_length=args.group_by_length, schedule=args.schedule,
                     fraction=args.fraction, max_samples=args.max_samples, cutoff_len=args.cutoff_len, long_responses=args.long_responses,
                     val_fraction=args.val_fraction, skip_long_prompts=not args.keep_long_prompts, seed=args.seed,
                     no_train=args.no_train,

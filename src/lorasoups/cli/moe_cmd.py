@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the training mix (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (default 8)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch examples of similar length together (seeded; same examples per epoch, little "
+                        "padding) (default: on)")
     p.add_argument("--schedule", choices=["linear", "constant"], default="linear", help="learning-rate schedule (default linear decay)")
     p.add_argument("--balance-loss", type=float, default=0.01, help="weight of the load-balancing loss (default 0.01; 0 = off)")
     p.add_argument("--router-init-std", type=float, default=0.01, help="std of the seeded router init (0 = uniform gates)")
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = train_moe(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out, top_k=args.top_k, router_layers=args.router_layers,
                     lr=args.lr, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-                    grad_accum=args.grad_accum, schedule=args.schedule, balance_loss=args.balance_loss,
+                    grad_accum=args.grad_accum, group_by_length=args.group_by_length, schedule=args.schedule, balance_loss=args.balance_loss,
                     router_init_std=args.router_init_std, fraction=args.fraction, max_samples=args.max_samples,
                     cutoff_len=args.cutoff_len, long_responses=args.long_responses, val_fraction=args.val_fraction, seed=args.seed,
                     precision=args.precision, device=args.device, data_dir=args.data_dir, overwrite=args.overwrite,

@@ -38,7 +38,8 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 
 def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: float, steps: int,
                 batch_size: int, grad_accum: int = 1, schedule: str = "linear", balance_loss: float = DEFAULT_BALANCE,
-                seed: int = 0, precision: str = "fp32", device: str = "cpu", progress: bool = True) -> list[dict]:
+                seed: int = 0, precision: str = "fp32", device: str = "cpu", progress: bool = True,
+                group_by_length: bool = False) -> list[dict]:
     """Train only the router weights with AdamW (no weight decay) on ``train``.
 
     Args:
@@ -46,6 +47,7 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: floa
         train: tokenised examples ``{"input_ids", "labels"}``.
         steps: optimiser steps, each over ``grad_accum`` micro-batches of ``batch_size`` examples.
         balance_loss: weight of the load-balancing loss (0 disables it).
+        group_by_length: length-bucketed micro-batches (:func:`lorasoups.train.cat.batches`).
 
     Returns:
         log records ``{"step", "loss", "ce", "balance", "lr", "seconds"}`` (nats per scored token).
@@ -69,7 +71,7 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, lr: floa
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    stream = batches(train, batch_size, seed)
+    stream = batches(train, batch_size, seed, group_by_length)
     log: list[dict] = []
     t0 = time.time()
     model.train()
@@ -136,7 +138,8 @@ def mean_ce_examples(model, examples: list[dict], pad_token_id: int, batch_size:
 def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[Any], out: str | os.PathLike, *,
               top_k: int = DEFAULT_TOP_K, router_layers: str | Sequence[int] | None = "all",
               lr: float = DEFAULT_LR, steps: int | None = None, epochs: float = 1.0, batch_size: int = 8,
-              grad_accum: int = 1, schedule: str = "linear", balance_loss: float = DEFAULT_BALANCE,
+              grad_accum: int = 1, group_by_length: bool = True, schedule: str = "linear",
+              balance_loss: float = DEFAULT_BALANCE,
               router_init_std: float = DEFAULT_ROUTER_INIT_STD, fraction: float | None = DEFAULT_FRACTION,
               max_samples: int | None = None, cutoff_len: int = 512, val_fraction: float = 0.1, seed: int = 0,
               long_responses: str = "skip", precision: str = "auto", device: str = "auto", data_dir: str | None = None,
@@ -154,6 +157,8 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
             modules in other layers mix the experts uniformly (1/n), with nothing to train.
         lr, steps, epochs, batch_size, grad_accum, schedule: AdamW on the routers; ``steps`` None ->
             ``epochs`` passes over the training part of the mix.
+        group_by_length: length-bucketed micro-batches (:func:`lorasoups.train.cat.batches`): same
+            examples per epoch, little padding; changes which examples share a batch, not the data.
         balance_loss: weight of the load-balancing loss (0 disables).
         router_init_std: std of the seeded normal init of router weights (0 -> zeros, uniform gates).
         fraction, max_samples: part of each skill dataset used (default 5 %, as CAT).
@@ -239,7 +244,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     t_train = time.time()
     log = fit_routers(model, layers, train_ex, pad_token_id=pad, lr=lr, steps=n_steps, batch_size=batch_size,
                       grad_accum=grad_accum, schedule=schedule, balance_loss=balance_loss, seed=seed,
-                      precision=prec, device=dev, progress=progress)
+                      precision=prec, device=dev, progress=progress, group_by_length=bool(group_by_length))
     train_s = time.time() - t_train
     val_after = mean_ce_examples(model, val_ex, pad, batch_size, prec, dev) if val_ex else None
 
@@ -247,8 +252,8 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     training = {
         "options": {"top_k": top_k, "router_layers": router_layers if isinstance(router_layers, (str, type(None))) else list(router_layers),
                     "lr": lr, "steps": steps, "epochs": epochs if steps is None else None,
-                    "batch_size": batch_size, "grad_accum": grad_accum, "schedule": schedule,
-                    "balance_loss": balance_loss, "router_init_std": router_init_std, "fraction": fraction,
+                    "batch_size": batch_size, "grad_accum": grad_accum,
+                    "group_by_length": bool(group_by_length), "schedule": schedule, "balance_loss": balance_loss, "router_init_std": router_init_std, "fraction": fraction,
                     "max_samples": max_samples, "cutoff_len": cutoff_len, "val_fraction": val_fraction,
                     "long_responses": long_responses, "seed": seed, "precision": precision, "device": device},
         "data": [d if isinstance(d, str) else "<tokenised examples>" if isinstance(d, dict) else str(d)

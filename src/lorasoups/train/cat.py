@@ -143,15 +143,33 @@ def split_examples(examples: list[dict], val_fraction: float, seed: int) -> tupl
     return ex[k:], ex[:k]
 
 
-def batches(examples: list[dict], batch_size: int, seed: int):
+def batches(examples: list[dict], batch_size: int, seed: int, group_by_length: bool = False):
     """Endless stream of lists of ``batch_size`` examples: seeded shuffle per epoch (epoch e uses
-    seed + e); the last short batch of an epoch is kept."""
+    seed + e); the last short batch of an epoch is kept.
+
+    ``group_by_length``: the same shuffled examples of each epoch are cut into mega-batches of
+    ``m · batch_size`` (m = min(50, N // (2 · batch_size)), at least 1), each sorted by length
+    (``len(input_ids)``, longest first) and cut into batches, and the epoch's batches are then
+    shuffled (same seed): every epoch still holds every example exactly once, but a batch holds
+    examples of similar length, so little of it is padding (as transformers' ``LengthGroupedSampler``).
+    """
     e = 0
+    n = len(examples)
+    mega = max(1, min(50, n // (2 * batch_size))) * batch_size
     while True:
-        order = list(range(len(examples)))
-        random.Random(seed + e).shuffle(order)
-        for k in range(0, len(order), batch_size):
-            yield [examples[j] for j in order[k:k + batch_size]]
+        order = list(range(n))
+        rng = random.Random(seed + e)
+        rng.shuffle(order)
+        if group_by_length:
+            epoch = []
+            for m in range(0, n, mega):
+                part = sorted(order[m:m + mega], key=lambda j: -len(examples[j]["input_ids"]))
+                epoch += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+            rng.shuffle(epoch)
+        else:
+            epoch = [order[k:k + batch_size] for k in range(0, n, batch_size)]
+        for b in epoch:
+            yield [examples[j] for j in b]
         e += 1
 
 
@@ -179,6 +197,7 @@ def mean_loss(model, examples: list[dict], pad_token_id: int, batch_size: int, p
 def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lr: float, steps: int,
                      batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
                      seed: int = 0, precision: str = "fp32", device: str = "cpu", log_every: int = 1,
+                     group_by_length: bool = False,
                      callback: Callable[[dict], None] | None = None) -> list[dict]:
     """Train the CAT coefficient logits with Adam on the causal-LM loss of ``train``.
 
@@ -203,7 +222,7 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lr:
         raise DataError("CAT: no training examples")
     params = [handle.coefficients.logits]
     opt = torch.optim.Adam(params, lr=lr)
-    stream = batches(train, batch_size, seed)
+    stream = batches(train, batch_size, seed, group_by_length)
     log = [{"step": 0, "loss": None, "lr": lr_at(0, steps, lr, schedule), "seconds": 0.0,
             "coefficients": coefficient_stats(handle)}]
     if callback:
@@ -301,7 +320,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               lr: float = DEFAULT_LR, steps: int | None = None, epochs: float = DEFAULT_EPOCHS,
               batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
               fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None,
-              cutoff_len: int = DEFAULT_CUTOFF_LEN,
+              cutoff_len: int = DEFAULT_CUTOFF_LEN, group_by_length: bool = True,
               val_fraction: float = DEFAULT_VAL_FRACTION, skip_long_prompts: bool = True,
               long_responses: str = "skip", seed: int = 0, no_train: bool = False,
               precision: str = "auto", device: str = "auto", data_dir: str | None = None,
@@ -325,6 +344,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         lr: Adam learning rate of the coefficient logits.
         steps: optimiser steps; when None, ``epochs`` passes over the training part of the mix.
         batch_size, grad_accum: examples per micro-batch, micro-batches per step.
+        group_by_length: length-bucketed micro-batches (:func:`batches`): same examples per epoch,
+            little padding; changes which examples share a batch, not the data or the loss.
         schedule: ``linear`` decay or ``constant`` learning rate.
         fraction: fraction of each skill dataset used (paper: 5 %); ``max_samples`` caps each.
         val_fraction: part of the mix held out for the validation loss before/after training.
@@ -426,6 +447,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
 
         log = fit_coefficients(model, handle, train_ex, pad_token_id=pad, lr=lr, steps=n_steps,
                                batch_size=batch_size, grad_accum=grad_accum, schedule=schedule, seed=seed,
+                               group_by_length=bool(group_by_length),
                                precision=prec, device=dev, log_every=log_every, callback=cb)
     else:
         log = [{"step": 0, "loss": None, "lr": None, "seconds": 0.0, "coefficients": coefficient_stats(handle)}]
@@ -459,6 +481,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "data": [d if isinstance(d, str) else "<tokenised examples>" if isinstance(d, dict) else str(d) for d in data][:50],
         "options": {"granularity": granularity, "normalize": normalize, "init": init, "lr": lr, "steps": steps,
                     "epochs": epochs if steps is None else None, "batch_size": batch_size, "grad_accum": grad_accum,
+                    "group_by_length": bool(group_by_length),
                     "schedule": schedule, "fraction": fraction, "max_samples": max_samples, "cutoff_len": cutoff_len,
                     "val_fraction": val_fraction, "skip_long_prompts": skip_long_prompts,
                     "long_responses": long_responses, "seed": seed,

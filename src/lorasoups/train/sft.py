@@ -43,6 +43,12 @@ class TrainOptions:
     Defaults aim at a skill LoRA on SmolLM2-135M that learns its answer format within about ten
     CPU minutes: 200 steps of 8 examples of at most 256 tokens (≈ 250k training tokens), rank 8
     on all attention and MLP projections, learning rate 5e-4 with 10 warm-up steps and cosine decay.
+
+    ``group_by_length`` (default on): each epoch's examples are batched with others of similar length
+    (transformers' ``LengthGroupedSampler``, from the seeded torch RNG), so far fewer positions are
+    padding (cpu preset of configs/math_code.yaml: 2.3% instead of 38.3%). It changes which examples
+    share a batch and their order, hence the exact results, but not the data, the number of steps or
+    the loss definition; ``group_by_length=False`` gives uniformly random batches.
     """
 
     r: int = 8
@@ -73,6 +79,7 @@ class TrainOptions:
     save_total_limit: int = 2
     logging_steps: int = 1
     data_dir: str | None = None
+    group_by_length: bool = True
 
     def validate(self) -> None:
         """Raises ConfigError naming every bad option."""
@@ -98,6 +105,8 @@ class TrainOptions:
             bad.append(f"precision {self.precision!r}{suggest(self.precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
         if self.long_responses not in LONG_RESPONSE_POLICIES:
             bad.append(f"long_responses {self.long_responses!r}; choose from {', '.join(LONG_RESPONSE_POLICIES)}")
+        if not isinstance(self.group_by_length, bool):
+            bad.append(f"group_by_length must be true or false, got {self.group_by_length!r}")
         if self.lr_scheduler not in SCHEDULERS:
             bad.append(f"lr_scheduler {self.lr_scheduler!r}; choose from {', '.join(SCHEDULERS)}")
         if bad:
@@ -422,6 +431,9 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         label_names=["labels"],
         include_num_input_tokens_seen="non_padding",
         optim="adamw_torch",
+        # length-grouped batches (transformers' LengthGroupedSampler, drawn from the seeded torch RNG):
+        # the same examples per epoch, in batches of similar length, so little of each batch is padding
+        train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
     )
     is_main = args.process_index == 0
     ckpt = None
