@@ -141,6 +141,32 @@ def _name_path(e: OSError, path: Path) -> OSError:
     return e
 
 
+# Files that mark a folder as something lorasoups (or PEFT / transformers) wrote: only such a folder,
+# or an empty one, is replaced by --overwrite; anything else could be a user's own work.
+OUTPUT_MARKERS = ("adapter_config.json", "config.json", "results.json", "moe_config.json", "merge_info.json",
+                  "train_info.json", "cat_options.json", "lorahub_weights.json")
+
+
+def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
+    """Check that an existing ``out`` may be replaced: only with ``overwrite``, and only when it is an
+    empty folder or a folder holding one of :data:`OUTPUT_MARKERS` (an earlier output).
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False, or ``out`` is not an earlier
+            output (a file, or a folder of other things), which ``--overwrite`` never deletes.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; refusing to replace it (choose another output)")
+    if any(out.iterdir()) and not any((out / m).exists() for m in OUTPUT_MARKERS):
+        raise FileExistsError(f"{out} is not an earlier output (none of {', '.join(OUTPUT_MARKERS[:4])}, ... in it); "
+                              f"--overwrite replaces only outputs: choose another folder or empty it yourself")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success rename it to ``out``.
@@ -150,13 +176,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     (0755 / 0644 under umask 022; :func:`follow_umask`), not ``mkdtemp``'s private 0700.
 
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not an earlier output
+            (:func:`check_replaceable`).
         OSError: the file system refuses (permissions, read-only, disk full); the error names
             ``out`` when the failing call named no file.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_replaceable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

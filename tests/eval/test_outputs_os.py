@@ -196,3 +196,34 @@ def test_dependency_warnings_once(monkeypatch):
                     warnings.simplefilter("ignore", DeprecationWarning)
                 dependency_call()
     assert shown == ["`some_option` is deprecated"]
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_output(two_adapters, tmp_path, capsys):
+    ads = [str(a) for a in two_adapters]
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("important")
+    args = ["merge", "--method", "linear", "--adapters", *ads, "--out", str(mine)]
+    for extra in ([], ["--overwrite"]):
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(mine) in err[0]
+        assert (mine / "thesis.tex").read_text() == "important"
+    assert "is not an earlier output" in err[0]
+    # a file in the way is never replaced either
+    f = tmp_path / "notes.txt"
+    f.write_text("keep")
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(f), "--overwrite"]) == 2
+    assert f.read_text() == "keep"
+    # an earlier output (or an empty folder) is replaced with --overwrite, refused without it
+    out = tmp_path / "merged"
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(out)]) == 0
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(out)]) == 2
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(out), "--overwrite"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["merge", "--method", "linear", "--adapters", *ads, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
+    # the library path refuses the same way
+    with pytest.raises(FileExistsError, match="not an earlier output"):
+        with atomic_dir(mine, overwrite=True):
+            pass
+    assert (mine / "thesis.tex").exists()

@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 # before any work: an unwritable --out fails now, not after training or generation
                 if getattr(args, "out", None):
                     check_writable(args.out)
+                    if getattr(args, "overwrite", None) is not None:  # commands that replace --out whole
+                        from ..paths import check_replaceable
+
+                        check_replaceable(args.out, args.overwrite)
                 stack.enter_context(dependency_bars(progress_enabled(False if quiet else None)))
             rc = args.func(args)
     except (LorasoupsError, FileExistsError, UnknownNameError) as e:
