@@ -112,7 +112,7 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise DataError(f"{path}: record {i} is not a JSON object")
+            raise DataError(f"{path}: record {i + 1} is not a JSON object")
     return data
 
 

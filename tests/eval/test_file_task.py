@@ -77,8 +77,12 @@ def test_bad_files_and_specs(tmp_path):
     with pytest.raises(DataError, match="not found"):
         get_task(str(tmp_path / "missing.jsonl"))
     p = _write_jsonl(tmp_path / "nogold.jsonl", [{"prompt": "q"}])
-    with pytest.raises(DataError, match=r"nogold.jsonl: record 0: no gold answer"):
+    with pytest.raises(DataError, match=r"nogold.jsonl: record 1: no gold answer"):
         get_task(str(p)).load_items()
+    # a bad record beyond --limit is still found, numbered from 1 like the lines of the file
+    p = _write_jsonl(tmp_path / "late.jsonl", [{"prompt": "q", "answer": "a"}] * 3 + [{"prompt": "q"}])
+    with pytest.raises(DataError, match=r"late.jsonl: record 4: no gold answer"):
+        get_task(str(p)).load_items(limit=3)
     p = _write_jsonl(tmp_path / "mapped.jsonl", [{"q": "x", "a": "y"}])
     with pytest.raises(DataError, match="mapped field prompt=question"):
         get_task(f"{p}:prompt=question,answer=a").load_items()

@@ -148,10 +148,8 @@ class FileTask(Task):
 
         recs = read_records(self.path)
         items: list[Item] = []
-        for i, r in enumerate(recs):
-            if limit is not None and len(items) >= limit:
-                break
-            where = f"{self.path}: record {i}"
+        for i, r in enumerate(recs):  # every record is checked, also beyond ``limit``
+            where = f"{self.path}: record {i + 1}"
             prompt = self._get(r, "prompt", where)
             inp = None
             if prompt is None:
@@ -179,7 +177,7 @@ class FileTask(Task):
                 meta["gold_number"] = num
             inp_s = str(inp).strip() if inp is not None and str(inp).strip() else None
             items.append(Item(f"{self.name}-{i}", str(prompt).strip(), inp_s, gold, golds[0], meta))
-        return items
+        return items if limit is None else items[:limit]
 
     def score(self, item: Item, completion: str, exec_result: Any = None, extracted: Any = None) -> dict[str, Any]:
         pred = clean_prediction(completion)
