@@ -63,6 +63,7 @@ def test_inspect_reports_unattached_and_mapped_keys(tiny_dir, good, tmp_path, ca
     assert main(["inspect", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "[FAIL]" in out and "decoder.layers.0.self_attn.q_proj.lora_A.weight" in out
+    assert "[FAIL] tensors attach to base model" in out and "[ok] tensors attach" not in out
     mapped = _rekey(good, tmp_path / "mapped", lambda k: k[len(P):])
     assert main(["inspect", str(mapped), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(v, str):
             print(f"  [{'ok' if not v.startswith('WARN') else 'WARN'}] {k}: {v}")
             continue
-        mark = "ok" if v is True or v == 0 else ("WARN" if isinstance(v, int) and not isinstance(v, bool) else "FAIL")
+        if isinstance(v, bool):  # (False == 0 in Python: booleans first)
+            mark = "ok" if v else "FAIL"
+        else:
+            mark = "ok" if v == 0 else ("WARN" if isinstance(v, int) else "FAIL")
         print(f"  [{mark}] {k}" + ("" if isinstance(v, bool) else f": {v}"))
     return 1 if failed else 0

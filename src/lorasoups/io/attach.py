@@ -112,7 +112,7 @@ def match_modules(modules: list[str], targets: Mapping[str, tuple[int, int]], pr
         example = next(iter(sorted(targets)), "?")
         raise AdapterError(f"{where}: {len(unmatched)} of {len(modules)} modules match no linear module of the "
                            f"base model; unmatched tensor keys: {_shown(shown)}. Expected keys like "
-                           f"{PREFIX}{example}.lora_A.weight; refusing rather than evaluating without them")
+                           f"{PREFIX}{example}.lora_A.weight; refusing to use the adapter without them")
     seen: dict[str, str] = {}
     for m, t in mapping.items():
         if t in seen:
@@ -346,7 +346,8 @@ def name_checks(record: AdapterRecord, base: str | None = None) -> dict[str, Any
     remapped = sum(1 for m in record.modules if m not in aligned.modules)
     if not is_canonical(record, aligned):
         n = len(aligned.modules)
+        how = f"lorasoups renames {remapped} module paths" if remapped else "lorasoups maps the tensor keys"
         return {key: f"WARN all {n} modules attach to {ref}, but the keys are not PEFT's own spelling "
-                     f"({remapped} module paths mapped); lorasoups maps them, vanilla PEFT would drop them",
+                     f"({how}); vanilla PEFT would drop them",
                 "problems": []}
     return {key: True, "problems": []}
