@@ -30,7 +30,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# What CI runs (.ci/run): the fast suite, then the math_code smoke experiment on SmolLM2-135M.
+# What CI runs (.ci/run): the fast suite, then the slow tests (smoke preset of all four configs on SmolLM2-135M).
 ci: test
 	$(BIN)/python -m pytest -m slow
 
