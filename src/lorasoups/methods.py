@@ -43,6 +43,7 @@ class MethodInfo:
     reference: str = ""
     description: str = ""
     default_weights: str = "ones"
+    options: Any = None  # the method's option spec (a lorasoups.spec.Spec subclass), when declared
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -58,7 +59,7 @@ def signature_params(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def register_method(name: str, *, kind: str, space: str, reference: str = "", description: str = "",
-                    params: dict[str, Any] | None = None, default_weights: str = "ones"):
+                    params: dict[str, Any] | None = None, default_weights: str = "ones", options: Any = None):
     """Decorator registering ``fn`` as method ``name``; parameters come from its keyword-only args.
 
     ``default_weights`` (``ones`` or ``mean``) sets the weights a closed-form merge uses when the
@@ -73,9 +74,12 @@ def register_method(name: str, *, kind: str, space: str, reference: str = "", de
         raise ValueError(f"method {name!r}: default_weights must be 'ones' or 'mean', got {default_weights!r}")
 
     def deco(fn: Callable[..., Any] | None):
-        ps = dict(params) if params is not None else (signature_params(fn) if fn is not None else {})
+        if options is not None:
+            ps = {k: f.default for k, f in options.model_fields.items()}
+        else:
+            ps = dict(params) if params is not None else (signature_params(fn) if fn is not None else {})
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0] if fn is not None else description
-        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights))
+        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights, options))
         return fn
 
     return deco
