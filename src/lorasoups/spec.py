@@ -42,7 +42,8 @@ def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = 
     extra: dict[str, Any] = {"cli": cli}
     if unit:
         extra["unit"] = unit
-    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
+    strict = True if isinstance(default, bool) else None  # a yes/no option takes true/false, not "yes" or 1
+    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, strict=strict, json_schema_extra=extra)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from ..paths import atomic_dir, check_not_input
 from .loop import resolve_precision
 from .options import DataMixOptions, TrainOptions
 
+OPTIONS_SPEC = TrainOptions  # the options of ``train_lora(**options)``, read by config validation
 # Runner-only keywords of train_lora that are not training hyper-parameters.
 RUN_KEYWORDS = ("resume", "overwrite", "keep_checkpoints", "progress", "callbacks", "threads")
 
