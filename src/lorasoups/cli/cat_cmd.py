@@ -4,6 +4,7 @@ exported as one standard PEFT adapter folder."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..train.options import CatOptions
 from .common import add_combine_io_args, add_run_args, run_kwargs
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = train_cat(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out,
                     verbose=not args.quiet, **run_kwargs(args), **CatOptions.from_args(args))
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch: the main process reports
+        return 0
     opts = json.loads((Path(out) / "cat_options.json").read_text(encoding="utf-8"))
     summ = json.loads((Path(out) / "cat_coefficients.json").read_text(encoding="utf-8"))["summary"]
     vb, va = opts.get("val_loss_before"), opts.get("val_loss_after")

@@ -4,6 +4,7 @@ top-k routers; saved as an MoE folder (not a PEFT adapter) that ``lorasoups eval
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..train.options import MoeOptions
 from .common import add_combine_io_args, add_run_args, run_kwargs
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = train_moe(args.base, [resolve_adapter_arg(a) for a in args.adapters], args.data, args.out,
                     progress=not args.quiet, **run_kwargs(args), **MoeOptions.from_args(args))
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch: the main process reports
+        return 0
     cfg = read_moe_config(out)
     t = cfg["training"]
     vb, va = t.get("val_loss_before"), t.get("val_loss_after")

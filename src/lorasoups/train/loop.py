@@ -8,7 +8,8 @@ memory-lean LM loss (:func:`lorasoups.train.loss.lm_loss_sum`), the held-out los
 and the optimisation loop (:func:`fit`). Skill-LoRA training (:mod:`.sft`, the Hugging Face Trainer)
 shares the precision choice, the loss and the data pieces.
 
-Several processes (``accelerate launch --num_processes N``): :class:`Dist` wraps accelerate's
+Several processes (``accelerate launch --multi_gpu --num_processes N``; on a machine without GPUs
+that starts N CPU processes with gloo): :class:`Dist` wraps accelerate's
 ``Accelerator``. Each optimiser micro-step draws one *global* batch of ``batch_size · N`` examples
 from the same seeded stream on every process, process k takes the k-th contiguous slice, the loss
 is the summed cross-entropy divided by the global number of scored tokens, and the gradients of the
@@ -96,7 +97,7 @@ class Dist:
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.is_main = self.acc.is_main_process
-        self.device = dev if self.world == 1 else str(self.acc.device)
+        self.device = dev if self.world == 1 or dev == "cpu" else str(self.acc.device)
 
     def sum(self, x):
         """All-reduced sum of a tensor (the tensor itself in one process)."""
