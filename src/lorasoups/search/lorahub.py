@@ -87,8 +87,6 @@ class HubLinear(LinearWrapper):
 
     def __init__(self, base: nn.Linear, factors: Sequence[LoraFactors | None], space: str, where: str = ""):
         super().__init__()
-        if space not in SPACES:
-            raise ConfigError(f"unknown LoRA Hub space {space!r}; use one of {', '.join(SPACES)}")
         self.base = base
         self.space = space
         self.n = len(factors)
@@ -194,19 +192,16 @@ def search_weights(objective: Callable[[np.ndarray], dict[str, float]], n: int, 
         "recommendation": nevergrad's recommendation (list), "evaluations": budget}``. The best
         evaluated candidate is returned (its loss was measured); the recommendation is recorded.
 
+    Ranges of ``budget``, ``bounds`` and ``init`` are checked by
+    :class:`~lorasoups.train.options.LoraHubOptions` before any model is loaded.
+
     Raises:
-        ConfigError: bad budget, bounds or optimizer name.
+        ConfigError: unknown optimizer name.
     """
     import nevergrad as ng
     from tqdm.auto import tqdm
 
     lo, hi = float(bounds[0]), float(bounds[1])
-    if not lo < hi:
-        raise ConfigError(f"LoRA Hub bounds must satisfy lower < upper, got {lo} {hi}")
-    if not lo <= init <= hi:
-        raise ConfigError(f"LoRA Hub init {init} is outside the bounds [{lo}, {hi}]")
-    if budget < 1:
-        raise ConfigError(f"LoRA Hub budget must be at least 1, got {budget}")
     if optimizer not in ng.optimizers.registry:
         from ..registry import suggest
 
@@ -256,8 +251,6 @@ def _few_shot_examples(data: Sequence[Any], tokenizer: Any, k: int, *, cutoff_le
     """K examples: from data specs via ``load_training_data`` (seeded; records whose response does
     not fit ``cutoff_len`` skipped or kept cut per ``long_responses``, counted into ``stats``), or
     given tokenised."""
-    if k < 1:
-        raise ConfigError(f"LoRA Hub needs at least 1 few-shot example, got examples={k}")
     if not data:
         raise DataError("LoRA Hub needs few-shot data (--data SPEC ...)")
     if all(isinstance(d, dict) for d in data):
