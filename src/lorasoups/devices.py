@@ -10,7 +10,6 @@ import re
 
 from .errors import ConfigError
 
-DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N (default auto)"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

@@ -63,11 +63,6 @@ def method_info(m: MethodConfig):
     return load_methods().get(m.method)
 
 
-def stage_of(m: MethodConfig) -> str:
-    """The stage a composite method's build belongs to (its registration's ``stage``)."""
-    return method_info(m).stage
-
-
 def method_output(cfg: ExperimentConfig, run_dir: Path, m: MethodConfig) -> Path | None:
     """The adapter (or MoE) folder a method row is evaluated with; None for the base model."""
     if m.method == "base":

@@ -411,7 +411,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     "data_mix", kind="trained", space="model",
     reference="LoRA Soups (Prabhakar et al. 2024, arXiv 2410.13025) §4: DATA-MIX baseline",
     description="one LoRA trained on the union (optionally weighted mix) of all skills' data",
-    options=DataMixOptions, stage="data_mix", order=9, title=lambda p: "train DATA-MIX LoRA",
+    options=DataMixOptions, stage="data_mix", order=9, title="train DATA-MIX LoRA",
     uses_adapters=False, resumable=True,
 )
 def data_mix(base: str, adapters: Sequence[Any], data: Sequence[str], out: str | os.PathLike, *, seed: int = 0,
