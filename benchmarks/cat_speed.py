@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     from peft import LoraConfig, get_peft_model
 
     from lorasoups.models import load_base
-    from lorasoups.train.cat import autocast_context, resolve_precision
+    from lorasoups.train.loop import autocast as autocast_context, resolve_precision
     from lorasoups.train.fused import attach_cat, detach_cat
     from lorasoups.types import AdapterRecord, LoraFactors
 

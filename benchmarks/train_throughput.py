@@ -144,7 +144,8 @@ def sft_compare(args) -> None:
     from lorasoups.models import load_tokenizer, resolve_base
     from lorasoups.train.data import collate, load_training_data
     from lorasoups.train.loss import lm_loss_sum
-    from lorasoups.train.sft import DEFAULT_TARGETS
+    from lorasoups.train.options import TrainOptions
+    DEFAULT_TARGETS = TrainOptions().target_modules
 
     base_dir = resolve_base(args.base)
     tok = load_tokenizer(base_dir)
@@ -226,7 +227,8 @@ def sft_order_compare(args) -> None:
     from lorasoups.models import load_tokenizer, resolve_base
     from lorasoups.train.data import collate, load_training_data
     from lorasoups.train.loss import lm_loss_sum
-    from lorasoups.train.sft import DEFAULT_TARGETS
+    from lorasoups.train.options import TrainOptions
+    DEFAULT_TARGETS = TrainOptions().target_modules
 
     base_dir = resolve_base(args.base)
     tok = load_tokenizer(base_dir)
@@ -337,7 +339,9 @@ def main() -> None:
     import torch
 
     from lorasoups.models import resolve_base
-    from lorasoups.train.sft import DEFAULT_TARGETS, train_lora
+    from lorasoups.train.sft import train_lora
+    from lorasoups.train.options import TrainOptions
+    DEFAULT_TARGETS = TrainOptions().target_modules
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ methods:
   math: {method: skill, skill: math}
   code: {method: skill, skill: code}
   ties: {params: {density: 0.5}}
-  cat: {params: {lr: 0.05}}
+  cat: {params: {learning_rate: 0.05}}
 eval:
   options: {limit: 4}
   tasks:
@@ -93,7 +93,7 @@ def test_all_problems_reported_together(tmp_path):
 
 
 def test_validate_cli_three_mistakes_one_message(tmp_path, capsys):
-    text = GOOD.replace("  cat: {params: {lr: 0.05}}", "  cat: {params: {lr: fast}}\n  soup: {}") \
+    text = GOOD.replace("  cat: {params: {learning_rate: 0.05}}", "  cat: {params: {learning_rate: fast}}\n  soup: {}") \
                .replace("gsm_hard: {role: target}", "gsm_hrd: {role: target}")
     p = _write(tmp_path, text)
     rc = main(["validate", str(p)])
@@ -103,11 +103,11 @@ def test_validate_cli_three_mistakes_one_message(tmp_path, capsys):
     assert "3 problems" in err
     assert "unknown method 'soup'" in err
     assert "unknown task 'gsm_hrd' (did you mean 'gsm_hard'" in err
-    assert "methods.cat.params.lr: method cat: expected float, got str 'fast'" in err
+    assert "methods.cat.params.learning_rate: method cat: expected float, got str 'fast'" in err
 
 
 def test_wrong_keys_suggest_right_ones(tmp_path):
-    text = GOOD.replace("cat: {params: {lr: 0.05}}", "cat: {parms: {lr: 0.05}}") \
+    text = GOOD.replace("cat: {params: {learning_rate: 0.05}}", "cat: {parms: {learning_rate: 0.05}}") \
                .replace("ties: {params: {density: 0.5}}", "ties: {params: {densty: 0.5}}") \
                .replace("train: {r: 4,", "train: {rank_r: 4, lora_alpa: 8,")
     p = _write(tmp_path, text)
@@ -161,8 +161,8 @@ def test_skill_shorthand(tmp_path):
 def test_overrides_after_options_on_the_command_line(tmp_path, capsys):
     """``validate/run CONFIG --preset X key=value``: overrides after an option still apply."""
     p = _write(tmp_path, GOOD)
-    rc = main(["validate", str(p), "--preset", "smoke", "methods.cat.params.lr=fast"])
+    rc = main(["validate", str(p), "--preset", "smoke", "methods.cat.params.learning_rate=fast"])
     err = capsys.readouterr().err
-    assert rc == 2 and "methods.cat.params.lr: method cat: expected float, got str 'fast'" in err
+    assert rc == 2 and "methods.cat.params.learning_rate: method cat: expected float, got str 'fast'" in err
     with pytest.raises(SystemExit):
         main(["validate", str(p), "--preset", "cpu", "--no-such-flag"])

@@ -422,7 +422,9 @@ def param_types(fn: Callable[..., Any] | None, names: Iterable[str], defaults: M
     """Expected type of each parameter: the annotation of ``fn`` when it resolves, else the type
     of the default (``None`` default -> anything)."""
     hints: dict[str, Any] = {}
-    if fn is not None:
+    if isinstance(fn, type) and hasattr(fn, "model_fields"):  # an option spec (lorasoups.spec.Spec)
+        hints = {n: f.annotation for n, f in fn.model_fields.items()}
+    elif fn is not None:
         try:
             hints = typing.get_type_hints(fn)
         except Exception:  # unresolvable forward references: fall back to defaults
@@ -506,6 +508,9 @@ def _options_from(fn: Callable[..., Any], skip: Iterable[str]) -> dict[str, Any]
     has_var = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     if has_var:
         mod = inspect.getmodule(fn)
+        spec = getattr(mod, "OPTIONS_SPEC", None)
+        if spec is not None:
+            return {**param_types(fn, named, named), **param_types(spec, spec.model_fields, {})}
         table = None
         for attr in ("OPTIONS", "DEFAULTS", "DEFAULT_OPTIONS", "OPTION_DEFAULTS"):
             t = getattr(mod, attr, None)
@@ -541,7 +546,7 @@ def live_schemas() -> Schemas:
     methods: dict[str, tuple[str, dict[str, Any], Callable[..., Any] | None]] = {}
     descriptions: dict[str, str] = {}
     for name, info in load_methods().items():
-        methods[name] = (info.kind, dict(info.params), info.fn)
+        methods[name] = (info.kind, dict(info.params), info.options or info.fn)
         descriptions[name] = info.description
     tasks: set[str] | None
     task_metrics: dict[str, set[str]] | None = None

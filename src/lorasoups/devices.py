@@ -10,7 +10,6 @@ import re
 
 from .errors import ConfigError
 
-DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N (default auto)"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -54,3 +53,26 @@ def eval_bf16(precision: str | None) -> bool | None:
     if precision in ("bf16", "fp32"):
         return precision == "bf16"
     raise ConfigError(f"evaluation precision {precision!r}: choose auto, bf16 or fp32")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: str = "cpu", cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """The one bf16 probe: True when ``device`` computes bf16 natively — a CUDA device with
+    ``torch.cuda.is_bf16_supported()``, or a CPU with ``avx512_bf16`` / ``amx_bf16`` flags. Training
+    (:func:`lorasoups.train.loop.resolve_precision`) and evaluation (``eval.generate``) both ask it."""
+    if device_type(device) == "cuda":
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))

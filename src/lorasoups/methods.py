@@ -44,6 +44,17 @@ class MethodInfo:
     description: str = ""
     default_weights: str = "ones"
     options: Any = None  # the method's option spec (a lorasoups.spec.Spec subclass), when declared
+    stage: str = ""  # the experiment stage its build belongs to (timing table); default: merge or its name
+    order: int = 0  # builds run in increasing order (closed-form merges 0, DATA-MIX, a full training, last)
+    title: str | Callable[[dict], str] = ""  # progress line verb, or a function of the step's params
+    uses_adapters: bool = True  # False: trains from data alone (DATA-MIX) and does not wait for the skill LoRAs
+    refers_to_inputs: bool = False  # its output points at the input adapters' files (MoE): key on their bytes
+    resumable: bool = False  # accepts ``resume=True`` to continue an interrupted run from checkpoints
+
+    def step_title(self, params: dict) -> str:
+        """The progress verb of a build step with ``params`` (``merge``, ``train CAT coefficients``, ...)."""
+        t = self.title(params) if callable(self.title) else self.title
+        return t or ("merge" if self.kind == "merge" else self.name)
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -59,8 +70,17 @@ def signature_params(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def register_method(name: str, *, kind: str, space: str, reference: str = "", description: str = "",
-                    params: dict[str, Any] | None = None, default_weights: str = "ones", options: Any = None):
-    """Decorator registering ``fn`` as method ``name``; parameters come from its keyword-only args.
+                    params: dict[str, Any] | None = None, default_weights: str = "ones", options: Any = None,
+                    stage: str | None = None, order: int | None = None, title: str | Callable[[dict], str] = "",
+                    uses_adapters: bool = True, refers_to_inputs: bool = False, resumable: bool = False):
+    """Decorator registering ``fn`` as method ``name``; parameters come from ``options`` (a
+    :class:`lorasoups.spec.Spec`) or else its keyword-only args.
+
+    A learned procedure (any kind but ``merge``) follows one contract, which the experiment runner
+    calls with no per-method code: ``fn(base, adapters, data, out, *, seed, device, data_dir,
+    overwrite, **params) -> Path`` with ``params`` validated by ``options``. ``stage`` (default: the
+    name; ``merge`` for closed-form merges), ``order`` (default 0 for merges, 5 otherwise), ``title``,
+    ``uses_adapters``, ``refers_to_inputs`` and ``resumable`` tell the runner how to plan, key and show it.
 
     ``default_weights`` (``ones`` or ``mean``) sets the weights a closed-form merge uses when the
     caller gives none (see :attr:`MethodInfo.default_weights`).
@@ -79,7 +99,10 @@ def register_method(name: str, *, kind: str, space: str, reference: str = "", de
         else:
             ps = dict(params) if params is not None else (signature_params(fn) if fn is not None else {})
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0] if fn is not None else description
-        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights, options))
+        st = stage or ("merge" if kind == "merge" else name)
+        od = order if order is not None else (0 if kind == "merge" else 5)
+        METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights, options,
+                                          st, od, title, uses_adapters, refers_to_inputs, resumable))
         return fn
 
     return deco

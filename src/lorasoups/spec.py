@@ -42,7 +42,8 @@ def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = 
     extra: dict[str, Any] = {"cli": cli}
     if unit:
         extra["unit"] = unit
-    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
+    strict = True if isinstance(default, bool) else None  # a yes/no option takes true/false, not "yes" or 1
+    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, strict=strict, json_schema_extra=extra)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Spec(BaseModel):
             for err in e.errors():
                 loc = ".".join(str(x) for x in err["loc"])
                 got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-                out.append(f"{where}.{loc}: {err['msg'].lower()}{got}")
+                out.append(f"{where}{'.' + loc if loc else ''}: {err['msg'].lower()}{got}")
         return out
 
     @classmethod
@@ -169,6 +170,11 @@ class Spec(BaseModel):
             else:  # union types such as ``str | float``: pydantic converts the string
                 kw["type"] = _conv(str, optional)
             parser.add_argument(flag, **kw)
+        for old, new in cls.renamed.items():  # an old flag stops with a message naming the new one
+            if old not in cls.model_fields and old not in skip:
+                parser.add_argument("--" + old.replace("_", "-"), nargs="?", action=_Renamed, help=argparse.SUPPRESS,
+                                    default=argparse.SUPPRESS, dest=f"_renamed_{old}",
+                                    new_flag="--" + new.replace("_", "-"))
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -201,6 +207,17 @@ class Spec(BaseModel):
 
 
 UNSET = _UNSET
+
+
+class _Renamed(argparse.Action):
+    """A renamed option's old flag: refuses, naming the new flag."""
+
+    def __init__(self, *a: Any, new_flag: str = "", **kw: Any):
+        self.new_flag = new_flag
+        super().__init__(*a, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was renamed to {self.new_flag}")
 
 
 def _conv(tp: Any, optional: bool):

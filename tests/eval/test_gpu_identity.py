@@ -201,9 +201,9 @@ def test_every_output_folder_has_a_model_card(tiny_dir, skill_file, tmp_path):
     b = make_peft_adapter(tiny_dir, tmp_path / "b", r=4, seed=2)
     common = ["--base", str(tiny_dir), "--adapters", str(a), str(b), "--data", str(skill_file)]
     outs = {
-        "cat": ["cat", *common, "--out", str(tmp_path / "cat"), "--steps", "2", "--batch-size", "4",
+        "cat": ["cat", *common, "--out", str(tmp_path / "cat"), "--max-steps", "2", "--batch-size", "4",
                 "--fraction", "1", "--device", "cpu", "--precision", "fp32", "--quiet"],
-        "moe": ["moe", *common, "--out", str(tmp_path / "moe"), "--steps", "2", "--batch-size", "4",
+        "moe": ["moe", *common, "--out", str(tmp_path / "moe"), "--max-steps", "2", "--batch-size", "4",
                 "--fraction", "1", "--device", "cpu", "--quiet"],
         "lorahub": ["lorahub", *common, "--out", str(tmp_path / "lorahub"), "--budget", "3", "--examples", "3",
                     "--device", "cpu", "--quiet"],

@@ -29,8 +29,8 @@ methods:
   linear: {{params: {{weights: [0.5, 0.5]}}}}
   ties: {{params: {{density: 0.5}}}}
   lorahub: {{params: {{budget: 3, examples: 2, cutoff_len: 96}}}}
-  moe: {{params: {{steps: 2, batch_size: 2, fraction: 0.5, cutoff_len: 96}}}}
-  cat: {{params: {{steps: 2, batch_size: 2, fraction: 0.5, cutoff_len: 96}}}}
+  moe: {{params: {{max_steps: 2, batch_size: 2, fraction: 0.5, cutoff_len: 96}}}}
+  cat: {{params: {{max_steps: 2, batch_size: 2, fraction: 0.5, cutoff_len: 96}}}}
   cat_uniform: {{method: cat, params: {{no_train: true, cutoff_len: 96}}}}
 eval:
   options: {{batch_size: 4, limit: 2, max_new_tokens: 4, bf16: false}}

@@ -42,7 +42,7 @@ def _cfg(tmp_path: Path, **over):
             "base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
             "linear": {"params": {"weights": [0.5, 0.5]}},
             "ties": {"params": {"density": 0.5}},
-            "cat": {"params": {"steps": 2}},
+            "cat": {"params": {"max_steps": 2}},
         },
         "eval": {"options": {"limit": 4}, "tasks": {"t_target": {"role": "target"}, "t_skill": {"role": "skill", "skill": "a"}}},
         "report": {"columns": [{"task": "t_target", "metric": "nll"}, {"task": "t_target", "metric": "acc"},
@@ -154,7 +154,7 @@ def test_changed_option_redoes_dependents(tmp_path, tiny_dir):
     methods2 = {
         "base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
         "linear": {"params": {"weights": [0.5, 0.5]}}, "ties": {"params": {"density": 0.3}},
-        "cat": {"params": {"steps": 2}}}
+        "cat": {"params": {"max_steps": 2}}}
     cfg2 = _cfg(tmp_path, methods=methods2)
     r, _ = _run(cfg2, tmp_path / "run", fakes)
     assert r.executed == ["build/ties"]  # fake writes identical bytes -> eval cached
@@ -252,7 +252,7 @@ def test_moe_follows_expert_bytes(tmp_path, tiny_dir):
     """PEFT writes target_modules from a set (order varies): merges ignore that, but an MoE folder
     checks its experts' files byte for byte, so it is rebuilt when they change at all."""
     cfg = _cfg(tmp_path, methods={"a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
-                                  "ties": {"params": {"density": 0.5}}, "moe": {"params": {"steps": 1}}})
+                                  "ties": {"params": {"density": 0.5}}, "moe": {"params": {"max_steps": 1}}})
     fakes = Fakes(tiny_dir)
     _run(cfg, tmp_path / "run", fakes)
     conf = tmp_path / "run" / "skills" / "a" / "adapter_config.json"

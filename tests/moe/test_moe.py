@@ -152,13 +152,12 @@ def strong(tiny_dir, experts):
 
 
 def test_routers_train_experts_unchanged_and_save_load_same(tiny_dir, experts, strong):
-    from lorasoups.search.lorahub import mean_ce
-    from lorasoups.train.cat import split_examples
+    from lorasoups.train.loop import eval_loss, split_examples
     from lorasoups.train.data import collate
 
     before = [sha256_dir(p) for p in strong["paths"]]
     out = experts["root"] / "moe_trained"
-    train_moe(str(tiny_dir), strong["paths"], strong["examples"], out, top_k=1, lr=0.05, steps=25, batch_size=4,
+    train_moe(str(tiny_dir), strong["paths"], strong["examples"], out, top_k=1, learning_rate=0.05, max_steps=25, batch_size=4,
               val_fraction=0.25, seed=0, precision="fp32", device="cpu", progress=False)
     assert [sha256_dir(p) for p in strong["paths"]] == before
     cfg = read_moe_config(out)
@@ -175,7 +174,7 @@ def test_routers_train_experts_unchanged_and_save_load_same(tiny_dir, experts, s
     model = load_moe_model(_load(tiny_dir), out)
     assert not any(p.requires_grad for p in model.parameters())
     _, val = split_examples(list(strong["examples"]), 0.25, 0)
-    ce = mean_ce(model, [collate(val[i:i + 4], 259) for i in range(0, len(val), 4)])
+    ce = eval_loss(model, val, pad_token_id=259, batch_size=4)
     assert ce == pytest.approx(t["val_loss_after"], abs=1e-5)
 
 
@@ -224,7 +223,7 @@ def test_cli_moe(tiny_dir, experts, capsys):
     data.write_text(json.dumps([{"instruction": f"Add {i} and 1", "input": "", "output": f"{i + 1}"} for i in range(10)]))
     out = experts["root"] / "cli_moe"
     rc = main(["moe", "--base", str(tiny_dir), "--adapters", *map(str, experts["paths"][:2]), "--data", str(data),
-               "--fraction", "1", "--out", str(out), "--steps", "2", "--batch-size", "2", "--router-layers", "0",
+               "--fraction", "1", "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--router-layers", "0",
                "--top-k", "1", "--precision", "fp32", "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     cfg = read_moe_config(out)

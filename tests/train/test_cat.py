@@ -104,7 +104,7 @@ def test_fused_naive_and_exported_agree(tiny_dir, adapters, tmp_path, input_ids,
     paths = adapters[:n]
     records = [read_adapter(p) for p in paths]
     out = train_cat(str(tiny_dir), paths, synthetic_examples(), tmp_path / "cat", granularity=granularity,
-                    normalize=normalize, init="random", seed=5, lr=0.2, steps=3, batch_size=4,
+                    normalize=normalize, init="random", seed=5, learning_rate=0.2, max_steps=3, batch_size=4,
                     precision="fp32", device="cpu", val_fraction=0.0,
                     group_by_length=False)  # the random-batch trajectory the 1e-5 tolerance below was set on
     doc = json.loads((out / "cat_coefficients.json").read_text())
@@ -145,7 +145,7 @@ def test_only_coefficients_change(tiny_dir, adapters):
     before = frozen_state()
     logits0 = h.coefficients.logits.detach().clone()
     files0 = [sha256_dir(p) for p in adapters]
-    fit_coefficients(model, h, synthetic_examples(), pad_token_id=0, lr=0.1, steps=3, batch_size=4)
+    fit_coefficients(model, h, synthetic_examples(), pad_token_id=0, learning_rate=0.1, max_steps=3, batch_size=4)
     after = frozen_state()
     assert set(before) == set(after) and any(".lora_A" in k for k in before)
     for k in before:
@@ -183,7 +183,7 @@ def test_favoured_adapter_coefficients_rise(tiny_dir, full_adapters, favoured):
     data = distill_examples(tiny_dir, full_adapters[favoured], seed=favoured)
     model, _ = load_base(str(tiny_dir))
     h = attach_cat(model, records, granularity="module", normalize="softmax", init="uniform")
-    log = fit_coefficients(model, h, data, pad_token_id=0, lr=0.1, steps=20, batch_size=8, schedule="constant")
+    log = fit_coefficients(model, h, data, pad_token_id=0, learning_rate=0.1, max_steps=20, batch_size=8, lr_scheduler="constant")
     table = h.coefficient_table()
     name = records[favoured].name
     shared = [m for m, row in table.items() if len(row) == 2]  # modules where both adapters compete
@@ -225,14 +225,14 @@ def test_cli_writes_everything(tiny_dir, adapters, tmp_path, capsys):
                                 for i in range(20)]))
     out = tmp_path / "cat_out"
     args = ["cat", "--base", str(tiny_dir), "--adapters", *map(str, adapters), "--data", str(data),
-            "--out", str(out), "--steps", "3", "--batch-size", "4", "--lr", "0.05", "--granularity", "layer",
+            "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--learning-rate", "0.05", "--granularity", "layer",
             "--init", "random", "--fraction", "1.0", "--precision", "fp32", "--seed", "7", "--quiet"]
     assert main(args) == 0
     # 18 training and 2 held-out examples: the user is told the mix is small (noisy coefficients)
     assert "cat: warning: the training mix is small (18 training, 2 held-out" in capsys.readouterr().out
     opts = json.loads((out / "cat_options.json").read_text())
     assert opts["options"]["granularity"] == "layer" and opts["options"]["init"] == "random"
-    assert opts["options"]["lr"] == 0.05 and opts["resolved"]["steps"] == 3 and opts["options"]["seed"] == 7
+    assert opts["options"]["learning_rate"] == 0.05 and opts["resolved"]["steps"] == 3 and opts["options"]["seed"] == 7
     assert opts["resolved"]["train_examples"] == 18 and opts["resolved"]["val_examples"] == 2
     assert opts["val_loss_before"] > 0 and opts["val_loss_after"] > 0
     log = [json.loads(x) for x in (out / "cat_log.jsonl").read_text().splitlines()]
@@ -254,7 +254,16 @@ def test_listed_as_method():
 
     m = load_methods().get("cat")
     assert (m.kind, m.space) == ("learned", "concat")
-    assert {"granularity", "normalize", "init", "lr", "steps", "fraction", "no_train"} <= set(m.params)
+    assert {"granularity", "normalize", "init", "learning_rate", "max_steps", "fraction", "no_train"} <= set(m.params)
+
+
+def test_old_option_names_are_refused_naming_the_new_ones(tiny_dir, adapters, tmp_path):
+    """lr / steps / schedule were renamed (issue #14): the message names the new option, before any model is loaded."""
+    with pytest.raises(ConfigError) as e:
+        train_cat(str(tiny_dir), adapters[:2], None, tmp_path / "x", lr=0.1, steps=2, schedule="linear", no_train=True)
+    assert {"cat.lr: renamed to 'learning_rate'", "cat.steps: renamed to 'max_steps'",
+            "cat.schedule: renamed to 'lr_scheduler'"} <= set(e.value.problems)
+    assert not (tmp_path / "x").exists()
 
 
 def test_errors(tiny_dir, adapters, tmp_path):
@@ -301,21 +310,21 @@ def test_loss_matches_transformers(tiny_dir):
     assert float(s / n) == pytest.approx(float(out.loss), abs=1e-5)
 
 
-def test_cli_defaults_match_api():
-    import inspect
-
-    from lorasoups.cli import cat_cmd
-    from lorasoups.train import cat
-
+def test_cli_flags_come_from_the_spec():
+    """Every CatOptions option is a flag with the spec's choices; given flags parse to the spec's names."""
     import argparse
 
-    sig = inspect.signature(cat.train_cat).parameters
+    from lorasoups.cli import cat_cmd
+    from lorasoups.train.options import CatOptions
+
     ap = argparse.ArgumentParser()
     cat_cmd.add_parser(ap.add_subparsers())
-    args = ap.parse_args(["cat", "--adapters", "a", "b", "--out", "o"])
-    for k in ("granularity", "normalize", "init", "lr", "steps", "epochs", "batch_size", "grad_accum", "schedule",
-              "fraction", "max_samples", "cutoff_len", "val_fraction", "seed", "no_train", "precision", "device"):
-        assert getattr(args, k) == sig[k].default, k
+    args = ap.parse_args(["cat", "--adapters", "a", "b", "--out", "o", "--learning-rate", "0.5", "--max-steps", "4",
+                          "--lr-scheduler", "cosine", "--no-group-by-length"])
+    assert CatOptions.from_args(args) == {"learning_rate": 0.5, "max_steps": 4, "lr_scheduler": "cosine",
+                                          "group_by_length": False}
+    flags = {a.dest for a in ap._subparsers._group_actions[0].choices["cat"]._actions}
+    assert set(CatOptions.model_fields) <= flags
 
 
 def test_length_grouped_batches_same_examples_per_epoch_seeded():
@@ -324,7 +333,7 @@ def test_length_grouped_batches_same_examples_per_epoch_seeded():
     import itertools
     import random as _random
 
-    from lorasoups.train.cat import batches
+    from lorasoups.train.loop import batches
 
     rng = _random.Random(5)
     exs = [{"id": i, "input_ids": [1] * rng.randint(5, 300)} for i in range(203)]

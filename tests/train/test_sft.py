@@ -217,5 +217,5 @@ def test_group_by_length_same_examples_less_padding_deterministic(tmp_path, tiny
     assert padding(grouped) < padding(rand) / 2, (padding(grouped), padding(rand))
     other, _ = run("g_seed1", seed=1)
     assert other != grouped and sorted(x for b in other for x in b) == sorted(x for b in grouped for x in b)
-    with pytest.raises(ConfigError, match="group_by_length must be true or false"):
+    with pytest.raises(ConfigError, match="group_by_length: input should be a valid boolean"):
         train_lora(str(tiny_dir), [str(f)], tmp_path / "bad", group_by_length="yes", max_steps=1, **FAST)

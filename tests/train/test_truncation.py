@@ -106,7 +106,7 @@ def test_cat_records_cuts(tmp_path, tiny_dir, mixed_file, capsys):
     ads = [train_lora(str(tiny_dir), [str(skill)], tmp_path / f"ad{k}", max_steps=1, batch_size=4, cutoff_len=CUTOFF,
                       save_steps=100, progress=False, seed=k) for k in range(2)]
     capsys.readouterr()
-    out = train_cat(str(tiny_dir), [str(a) for a in ads], [str(mixed_file)], tmp_path / "cat", steps=1, batch_size=4,
+    out = train_cat(str(tiny_dir), [str(a) for a in ads], [str(mixed_file)], tmp_path / "cat", max_steps=1, batch_size=4,
                     fraction=None, cutoff_len=CUTOFF, val_fraction=0.0)
     assert "cat: data: mixed: 5 skipped" in capsys.readouterr().out
     opts = json.loads((out / "cat_options.json").read_text())

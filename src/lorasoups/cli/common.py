@@ -29,3 +29,19 @@ def add_combine_io_args(p: argparse.ArgumentParser, *, adapters_help: str, data_
     p.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help=adapters_help)
     p.add_argument("--data", action="extend", nargs="+", default=[], metavar="SPEC", help=data_help)
     p.add_argument("--out", required=True, help=out_help)
+
+
+def add_run_args(p: argparse.ArgumentParser, *, quiet_help: str = "no progress output") -> None:
+    """How a learned procedure runs, not what it computes (not part of any option spec): ``--device``,
+    ``--data-dir``, ``--allow-pickle``, ``--overwrite``, ``--quiet``."""
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $LORASOUPS_DATA, then ../shared/data)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled adapter_model.bin inputs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def run_kwargs(args: argparse.Namespace) -> dict:
+    """The run keywords of :func:`add_run_args` for a procedure call."""
+    return {"device": args.device, "data_dir": args.data_dir, "allow_pickle": args.allow_pickle,
+            "overwrite": args.overwrite}

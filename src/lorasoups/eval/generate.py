@@ -42,7 +42,6 @@ import contextvars
 import inspect
 import re
 import time
-from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union
 
 from ..errors import ConfigError, ModelError
@@ -66,17 +65,10 @@ class Generator(Protocol):
 
 
 def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16`` flags)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    """True when the CPU has native bf16 dot products (:func:`lorasoups.devices.native_bf16`)."""
+    from ..devices import native_bf16
+
+    return native_bf16("cpu", cpuinfo)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str] = (), stop_rule: StopRule = None) -> tuple[str, bool]:

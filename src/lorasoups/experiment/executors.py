@@ -1,4 +1,5 @@
-"""What each step does: calls into the training, merge, CAT, LoRA Hub, MoE and evaluation APIs.
+"""What each step does: skill training, closed-form merges, any registered learned procedure (one
+contract, no per-method code) and evaluation.
 
 Each executor takes ``(step, ctx)``, writes the step's output folder ``step.out`` (the APIs write
 atomically: temp folder + rename) and returns a small dict of facts for the step log. Heavy
@@ -68,8 +69,8 @@ def composite_params(ctx: "RunContext", step: "Step") -> dict[str, Any]:
 
     params = dict(step.method.params)
     reg = load_methods()
-    takes_seed = step.method.method in reg and "seed" in reg.get(step.method.method).params
-    if takes_seed or step.method.kind in ("learned", "search", "routed", "trained"):
+    info = reg.get(step.method.method) if step.method.method in reg else None
+    if info is not None and ("seed" in info.params or info.kind != "merge"):
         params.setdefault("seed", ctx.cfg.seed)
     return params
 
@@ -81,17 +82,6 @@ def exec_train(step: "Step", ctx: "RunContext") -> dict[str, Any]:
     sk = ctx.cfg.skills[step.skill]
     opts = skill_train_options(ctx, step.skill)
     call_with_supported(train_lora, ctx.base, list(sk.data), step.out, data_dir=str(ctx.data_dir),
-                        overwrite=True, resume=step.extra.get("resume", False), **with_device(ctx, opts))
-    return {}
-
-
-def exec_data_mix(step: "Step", ctx: "RunContext") -> dict[str, Any]:
-    """Train the DATA-MIX LoRA on the union of the skills' data (``train_lora`` with several specs)."""
-    from ..train.sft import train_lora
-
-    opts = dict(step.method.params)
-    opts.setdefault("seed", ctx.cfg.seed)
-    call_with_supported(train_lora, ctx.base, composite_data(ctx, step), step.out, data_dir=str(ctx.data_dir),
                         overwrite=True, resume=step.extra.get("resume", False), **with_device(ctx, opts))
     return {}
 
@@ -109,33 +99,19 @@ def exec_merge(step: "Step", ctx: "RunContext") -> dict[str, Any]:
     return {}
 
 
-def exec_cat(step: "Step", ctx: "RunContext") -> dict[str, Any]:
-    """CAT (learned coefficients, or a static control with ``no_train``) via ``train_cat``."""
-    from ..train.cat import train_cat
+def exec_procedure(step: "Step", ctx: "RunContext") -> dict[str, Any]:
+    """A learned procedure (CAT, LoRA Hub, MoE, DATA-MIX, or any registered later) by the one contract
+    ``fn(base, adapters, data, out, *, seed, device, data_dir, overwrite, **params)`` of its
+    registration (:func:`lorasoups.methods.register_method`); no per-method code here."""
+    from .plan import method_info
 
-    adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
-    call_with_supported(train_cat, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
-    return {}
-
-
-def exec_lorahub(step: "Step", ctx: "RunContext") -> dict[str, Any]:
-    """LoRA Hub weight search via ``run_lorahub``."""
-    from ..search.lorahub import run_lorahub
-
-    adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
-    call_with_supported(run_lorahub, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
-    return {}
-
-
-def exec_moe(step: "Step", ctx: "RunContext") -> dict[str, Any]:
-    """Mixture of the skill LoRAs with trained routers via ``train_moe``."""
-    from ..moe import train_moe
-
-    adapters = [ctx.run_dir / "skills" / s for s in step.method.skills]
-    call_with_supported(train_moe, ctx.base, adapters, composite_data(ctx, step), step.out,
-                        data_dir=str(ctx.data_dir), overwrite=True, **with_device(ctx, composite_params(ctx, step)))
+    info = method_info(step.method)
+    adapters = [ctx.run_dir / "skills" / s for s in step.method.skills] if info.uses_adapters else []
+    run = {"data_dir": str(ctx.data_dir), "overwrite": True}
+    if info.resumable:
+        run["resume"] = step.extra.get("resume", False)
+    info.fn(ctx.base, adapters, composite_data(ctx, step), step.out, **run,
+            **with_device(ctx, composite_params(ctx, step)))
     return {}
 
 
@@ -182,7 +158,8 @@ def split_eval_output(tmp: Path, results: dict[str, Any], task_of_label: dict[st
 
 
 def default_executors() -> dict[str, Callable[..., dict[str, Any]]]:
-    """Stage -> executor for build stages, and ``evaluate`` -> :func:`run_evaluate` (the runner
-    groups tasks and splits the outputs)."""
-    return {"train": exec_train, "data_mix": exec_data_mix, "merge": exec_merge, "cat": exec_cat,
-            "lorahub": exec_lorahub, "moe": exec_moe, "evaluate": run_evaluate}
+    """Executors by stage: ``train`` (skill LoRAs), ``merge`` (closed-form), ``procedure`` (every
+    learned procedure, through its registration) and ``evaluate`` -> :func:`run_evaluate` (the
+    runner groups tasks and splits the outputs). A stage without its own executor (``cat``,
+    ``moe``, ...) runs ``procedure``."""
+    return {"train": exec_train, "merge": exec_merge, "procedure": exec_procedure, "evaluate": run_evaluate}

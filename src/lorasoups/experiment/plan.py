@@ -16,7 +16,18 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, MethodConfig
 
-STAGES = ("train", "data_mix", "merge", "cat", "lorahub", "moe", "eval")
+
+
+def stages() -> tuple[str, ...]:
+    """Stage names in run order: ``train`` (skill LoRAs), each registered method's stage (by its
+    registration's ``order``), ``eval``."""
+    from ..methods import load_methods
+
+    out = ["train"]
+    for info in sorted((i for _, i in load_methods().items()), key=lambda i: i.order):
+        if info.kind != "reference" and info.stage not in out:
+            out.append(info.stage)
+    return tuple(out + ["eval"])
 
 
 @dataclass
@@ -25,8 +36,8 @@ class Step:
 
     Attributes:
         id: unique id, also the marker's relative path (``train/math``, ``build/ties``, ``eval/ties``).
-        stage: ``train`` (a skill LoRA), ``data_mix``, ``merge``, ``cat``, ``lorahub``, ``moe``
-            (the kind of procedure, for the timing table), ``eval``.
+        stage: ``train`` (a skill LoRA), the method registration's ``stage`` (``merge``, ``cat``,
+            ``lorahub``, ``moe``, ``data_mix``, ...; for the timing table), ``eval``.
         label: the skill name (train) or the method label.
         title: one line for the progress display.
         deps: ids of the steps whose outputs it reads.
@@ -45,19 +56,11 @@ class Step:
     extra: dict = field(default_factory=dict)
 
 
-def stage_of(m: MethodConfig) -> str:
-    """The stage a composite method's build belongs to."""
-    if m.kind == "trained":
-        return "data_mix"
-    if m.kind == "merge":
-        return "merge"
-    if m.kind == "learned":
-        return "cat"
-    if m.kind == "search":
-        return "lorahub"
-    if m.kind == "routed":
-        return "moe"
-    return m.kind
+def method_info(m: MethodConfig):
+    """The registration (:class:`lorasoups.methods.MethodInfo`) of a composite method row."""
+    from ..methods import load_methods
+
+    return load_methods().get(m.method)
 
 
 def method_output(cfg: ExperimentConfig, run_dir: Path, m: MethodConfig) -> Path | None:
@@ -72,13 +75,13 @@ def method_output(cfg: ExperimentConfig, run_dir: Path, m: MethodConfig) -> Path
 def build_plan(cfg: ExperimentConfig, run_dir: str | Path) -> list[Step]:
     """Steps in execution order: skill LoRAs first, then every build, then every evaluation.
 
-    Only skills some method uses are trained. Trained methods (DATA-MIX) do not read the skill
-    LoRAs and so do not depend on them.
+    Only skills some method uses are trained. Methods registered with ``uses_adapters=False``
+    (DATA-MIX) do not read the skill LoRAs and so do not depend on them.
     """
     run_dir = Path(run_dir)
     used: list[str] = []
     for m in cfg.methods:
-        if m.kind == "trained" or m.method == "base":
+        if m.method == "base" or (m.method != "skill" and not method_info(m).uses_adapters):
             continue
         for s in m.skills:
             if s not in used:
@@ -92,19 +95,15 @@ def build_plan(cfg: ExperimentConfig, run_dir: str | Path) -> list[Step]:
                           title=f"train skill LoRA '{s}' on {', '.join(sk.data)}",
                           deps=(), out=run_dir / "skills" / s, skill=s))
     builds = [m for m in cfg.methods if m.method not in ("base", "skill")]
-    # cheap closed-form merges first, then the learned ones, DATA-MIX (a full training) last.
-    order = {"merge": 0, "cat": 1, "lorahub": 2, "moe": 3, "data_mix": 4}
-    builds.sort(key=lambda m: order.get(stage_of(m), 9))
+    # by the registrations' order: cheap closed-form merges first, DATA-MIX (a full training) last
+    builds.sort(key=lambda m: method_info(m).order)
     for m in builds:
-        st = stage_of(m)
-        deps = () if m.kind == "trained" else tuple(f"train/{s}" for s in m.skills)
-        what = {"data_mix": "train DATA-MIX LoRA", "merge": "merge", "cat": "train CAT coefficients",
-                "lorahub": "LoRA Hub search", "moe": "train MoE routers"}.get(st, st)
-        if st == "cat" and m.params.get("no_train"):
-            what = "export untrained CAT control"
+        info = method_info(m)
+        deps = tuple(f"train/{s}" for s in m.skills) if info.uses_adapters else ()
         src = "+".join(m.skills)
-        title = f"{what} '{m.label}'" + (f" ({m.method} of {src})" if st != "data_mix" else f" on {src} data")
-        steps.append(Step(id=f"build/{m.label}", stage=st, label=m.label, title=title, deps=deps,
+        title = f"{info.step_title(dict(m.params))} '{m.label}'" + (
+            f" ({m.method} of {src})" if info.uses_adapters else f" on {src} data")
+        steps.append(Step(id=f"build/{m.label}", stage=info.stage, label=m.label, title=title, deps=deps,
                           out=run_dir / "methods" / m.label, method=m))
     for m in cfg.methods:
         deps: tuple[str, ...] = ()

@@ -27,7 +27,7 @@ from .cache import FileHasher, hash_obj, is_done, read_marker, remove_path, writ
 from .memory import PeakRSS, maxrss_mib, release_memory, rss_mib
 from .executors import (composite_data, composite_params, default_executors, skill_train_options,
                         split_eval_output)
-from .plan import STAGES, Step, build_plan, method_output
+from .plan import Step, build_plan, method_info, method_output, stages
 
 
 def _now() -> str:
@@ -56,7 +56,8 @@ class Runner:
         cfg: a validated config (:func:`lorasoups.config.load_config`).
         run_dir: output folder (created; re-used for resume and caching).
         data_dir: data folder override (default: ``cfg.data_dir``, then the usual search).
-        executors: stage -> function(step, ctx) (tests may replace them).
+        executors: stage -> function(step, ctx) (tests may replace them); a stage without its own
+            runs ``procedure`` (any registered learned procedure).
         log: where progress lines go (default: print to stdout).
         force: re-do every step even when its marker matches.
         device: ``--device`` for every training and evaluation step (None: each function's
@@ -105,13 +106,14 @@ class Runner:
             m = step.method
             doc.update(method=m.method, params=thaw(composite_params(ctx, step)),
                        inputs=[self._output_digest(ctx, d) for d in step.deps])
-            if step.stage == "moe":
-                # an MoE folder records the experts' file checksums byte for byte and refuses
+            info = method_info(m)
+            if info.refers_to_inputs:
+                # e.g. an MoE folder records the experts' file checksums byte for byte and refuses
                 # experts whose files changed, so its key follows their exact bytes
                 doc["expert_files"] = [{k: v for k, v in ctx.hasher.folder(self._by_id[d].out).items()
                                         if k in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")}
                                        for d in step.deps]
-            if step.stage in ("data_mix", "cat", "lorahub", "moe"):
+            if info.kind != "merge":  # a learned procedure reads data
                 doc["data"] = self._data_files(ctx, composite_data(ctx, step))
         return doc
 
@@ -222,10 +224,11 @@ class Runner:
         started = marker.with_name(marker.stem + ".started.json")
         prev = read_marker(started)
         step.extra["resume"] = bool(prev and prev.get("key") == key)
-        self.log(prefix + (" (resuming)" if step.extra["resume"] and step.stage in ("train", "data_mix") else ""))
+        resumable = step.stage == "train" or (step.method is not None and method_info(step.method).resumable)
+        self.log(prefix + (" (resuming)" if step.extra["resume"] and resumable else ""))
         write_marker(started, {"key": key, "id": step.id, "started": _now()})
         t0 = time.time()
-        info = self.executors[step.stage](step, ctx) or {}
+        info = self.executors.get(step.stage, self.executors["procedure"])(step, ctx) or {}
         if not step.out.exists():
             raise LorasoupsError(f"step {step.id}: finished without writing {step.out}")
         ctx.digests.pop(step.id, None)
@@ -346,12 +349,12 @@ class Runner:
                     except (OSError, json.JSONDecodeError):
                         pass
             methods[m.label] = entry
-        stage_wall: dict[str, float] = {s: 0.0 for s in STAGES}
+        stage_wall: dict[str, float] = {s: 0.0 for s in stages()}
         for sid, tmg in timings.items():
             if not tmg["cached"]:
                 stage_wall[tmg["stage"]] = round(stage_wall.get(tmg["stage"], 0.0) + tmg["wall_s"], 2)
         # wall time each output took when it was produced (cached steps included)
-        produced: dict[str, float] = {s: 0.0 for s in STAGES}
+        produced: dict[str, float] = {s: 0.0 for s in stages()}
         for st in self.steps:
             if st.stage == "eval":
                 for t in cfg.tasks:
@@ -361,7 +364,7 @@ class Runner:
                 continue
             mk = read_marker(self.marker(st.id))
             if mk and "wall_s" in mk:
-                produced[st.stage] = round(produced[st.stage] + float(mk["wall_s"]), 2)
+                produced[st.stage] = round(produced.get(st.stage, 0.0) + float(mk["wall_s"]), 2)
         doc: dict[str, Any] = {
             "name": cfg.name,
             "description": cfg.description,

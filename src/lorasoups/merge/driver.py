@@ -14,8 +14,6 @@ import inspect
 import json
 import math
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +25,9 @@ from ..methods import METHODS, MethodInfo
 from ..paths import atomic_dir, check_not_input, check_writable
 from ..registry import suggest
 from ..types import LoraFactors
-from .stream import AdapterStream, SafetensorsStreamWriter, open_adapter
+from .full_model import base_weight_files, check_base_shapes, write_full
+from .inputs import _same_base, align_streams, check_compatible  # noqa: F401  (_same_base: tests)
+from .stream import SafetensorsStreamWriter, open_adapter
 from .svd import SVD_DRIVERS, truncate_delta, truncate_factors
 
 INFO_NAME = "merge_info.json"
@@ -145,96 +145,6 @@ def module_seed(seed: int, module: str) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _module_sort_key(m: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m))
-
-
-def _same_base(a: str, b: str) -> bool:
-    from ..models import canonical_base_id
-
-    if a == b or canonical_base_id(a) == canonical_base_id(b):
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def check_compatible(streams: Sequence[AdapterStream], allow_different_base: bool = False) -> tuple[str | None, list[str]]:
-    """Check that adapters share the base model and module shapes; return (base model, modules).
-
-    Modules are the union over adapters in natural order (layer 2 before layer 10).
-
-    Raises:
-        AdapterError: different ``base_model_name_or_path`` (unless ``allow_different_base``), or a
-            module with different ΔW shapes (d_out, d_in) in two adapters; messages name both
-            adapters, the module and the shapes.
-    """
-    base, base_from = None, None
-    for s in streams:
-        b = s.base_model
-        if not b:
-            continue
-        if base is None:
-            base, base_from = b, s
-        elif not _same_base(base, b) and not allow_different_base:
-            raise AdapterError(f"adapters are for different base models: {base_from.path} has {base!r}, "
-                               f"{s.path} has {b!r}; pass --allow-different-base if they really share weights")
-    seen: dict[str, tuple[tuple[int, int], AdapterStream]] = {}
-    for s in streams:
-        for m, e in s.modules.items():
-            shape = (e.d_out, e.d_in)
-            if m in seen and seen[m][0] != shape:
-                other = seen[m][1]
-                raise AdapterError(f"module {m} has ΔW shape (d_out, d_in) {seen[m][0]} in adapter {other.path} "
-                                   f"but {shape} in adapter {s.path}")
-            seen.setdefault(m, (shape, s))
-    return base, sorted(seen, key=_module_sort_key)
-
-
-def align_streams(streams: Sequence[AdapterStream], base: str | None = None) -> str:
-    """Map every input's module paths onto the base model's modules, in place (issue #13 item 6).
-
-    The base model (``base``, else the first ``base_model_name_or_path``) is built on the meta device
-    from its config (:func:`lorasoups.io.attach.base_linear_modules`); known key variants (missing
-    or doubled prefixes) are renamed to the model's paths and every config must target exactly its
-    tensors (:func:`lorasoups.io.attach.align_names`). When no base model is available locally only
-    the model-free check runs (:func:`lorasoups.io.attach.names_lacking_prefix`) and its findings
-    are returned as a warning (eval and every other loader refuse unattached tensors later).
-
-    Returns:
-        a one-line summary of what was checked.
-
-    Raises:
-        AdapterError: unmatched keys (named), shape or config/tensor mismatches.
-    """
-    from ..io.attach import align_names, base_linear_modules, names_lacking_prefix
-
-    ref = base or next((s.base_model for s in streams if s.base_model), None)
-    found = base_linear_modules(ref)
-    if found is None:
-        bad = [f"{s.path}: {m}" for s in streams for m in names_lacking_prefix(list(s.modules))]
-        return (f"module names not checked against the base model ({ref!r} is not available locally; "
-                "pass --base FOLDER to check them)"
-                + (f"; WARNING: {len(bad)} module paths start at a decoder layer and lack the model's prefix, "
-                   f"e.g. {bad[0]}" if bad else ""))
-    targets, prefix = found
-    renamed = 0
-    for s in streams:
-        shapes = {m: (e.r, e.d_out, e.d_in) for m, e in s.modules.items()}
-        keys = {m: (e.key_a, e.key_b) for m, e in s.modules.items() if e.key_a}
-        names = align_names(shapes, s.config, targets, prefix, str(s.path), keys)
-        new: dict[str, Any] = {}
-        for m, e in s.modules.items():
-            t, scale = names[m]
-            e.scale = scale
-            new[t] = e
-        if s.memory is not None:
-            s.memory = {names[m][0]: LoraFactors(A=f.A, B=f.B, scale=names[m][1]) for m, f in s.memory.items()}
-        renamed += sum(1 for m in s.modules if names[m][0] != m)
-        s.modules = new
-    return (f"module names checked against base model {ref!r}: every tensor found its module"
-            + (f" ({renamed} module paths mapped from a key variant)" if renamed else ""))
-
-
 def resolve_weights(weights: Sequence[float] | None, n: int, default: str = "ones") -> list[float]:
     """The per-adapter weights: ``weights`` checked, or the method's default when None.
 
@@ -313,61 +223,6 @@ def _dense_stack(factors: Sequence[LoraFactors | None], d_out: int, d_in: int) -
             torch.matmul(f.B.float(), f.A.float(), out=out[i])
             out[i] *= float(f.scale)
     return out
-
-
-# ------------------------------------------------------------------------------------- full model
-
-def _base_weight_files(base_path: Path) -> list[str]:
-    index = base_path / "model.safetensors.index.json"
-    if index.is_file():
-        wm = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        return sorted(set(wm.values()))
-    if (base_path / "model.safetensors").is_file():
-        return ["model.safetensors"]
-    raise ModelError(f"{base_path}: --full needs a local model folder with safetensors weights "
-                     "(model.safetensors or model.safetensors.index.json)")
-
-
-def _check_base_shapes(base_path: Path, files: list[str], shapes: Mapping[str, tuple[int, int]]) -> None:
-    from safetensors import safe_open
-
-    found: dict[str, list[int]] = {}
-    for fn in files:
-        with safe_open(str(base_path / fn), framework="pt") as fh:
-            for k in fh.keys():
-                if k.endswith(".weight") and k[: -len(".weight")] in shapes:
-                    found[k[: -len(".weight")]] = list(fh.get_slice(k).get_shape())
-    for m, (d_out, d_in) in shapes.items():
-        if m not in found:
-            raise AdapterError(f"module {m} (from the adapters) has no weight {m}.weight in base model {base_path}")
-        if tuple(found[m]) != (d_out, d_in):
-            raise AdapterError(f"module {m}: adapters' ΔW shape {(d_out, d_in)} differs from the base weight "
-                               f"shape {tuple(found[m])} in {base_path}")
-
-
-def _write_full(tmp: Path, base_path: Path, files: list[str], dense: Callable[[str], torch.Tensor],
-                modules: set[str]) -> None:
-    """Write base + ΔW shard by shard into ``tmp``; copy config/tokenizer files."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    for fn in files:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(base_path / fn), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            for k in fh.keys():
-                t = fh.get_tensor(k)
-                m = k[: -len(".weight")] if k.endswith(".weight") else None
-                if m in modules:
-                    t = (t.float() + dense(m)).to(t.dtype)
-                tensors[k] = t
-        meta.setdefault("format", "pt")
-        save_file(tensors, str(tmp / fn), metadata=meta)
-        del tensors
-    for f in sorted(base_path.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and f.name not in files \
-                and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf")):
-            shutil.copy2(f, tmp / f.name)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -457,8 +312,8 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         base_path = Path(resolve_base(ref))
         if not base_path.is_dir():
             raise ModelError(f"--full needs a local base model folder; {ref!r} resolved to {base_path}")
-        files = _base_weight_files(base_path)
-        _check_base_shapes(base_path, files, shapes)
+        files = base_weight_files(base_path)
+        check_base_shapes(base_path, files, shapes)
     check_not_input(out, [s.path for s in streams] + ([base_path] if base_path else []))
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -494,7 +349,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
                 pbar.update(1)
                 return r.delta() if isinstance(r, LoraFactors) else r
 
-            _write_full(tmp, base_path, files, dense_of, set(modules))
+            write_full(tmp, base_path, files, dense_of, set(modules))
         else:
             from ..io.adapters import CONFIG_NAME, PREFIX, WEIGHTS_NAME, build_config
 

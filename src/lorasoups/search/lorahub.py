@@ -39,7 +39,7 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,64 +48,20 @@ from torch import nn
 
 from ..errors import AdapterError, ConfigError, DataError
 from ..methods import register_method
+from ..train.options import LoraHubOptions
 from ..types import AdapterRecord, LoraFactors
-from ..train.loss import lm_loss_sum  # noqa: F401  (re-exported: one LM loss for every trainer)
 from ..wrap import LinearWrapper, base_linear, replace_module
 
 SPACES = ("delta", "factors")
+MERGE_OF_SPACE = {"delta": "concat", "factors": "linear_factors"}  # the registered merge that builds a candidate
 WEIGHTS_FILE = "lorahub_weights.json"
 TRACE_FILE = "lorahub_trace.jsonl"
 IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------------------------
-# Pure merge functions
+# Objective pieces
 # ----------------------------------------------------------------------------------------------
-
-def factor_space_merge(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:
-    """The original LoraHub merge of one module: A' = Σ_i w_i A_i, B' = Σ_i w_i s_i B_i.
-
-    Args:
-        factors: per adapter the module's factors, A_i (r, d_in), B_i (d_out, r), scale s_i; ``None``
-            where the adapter does not adapt this module (treated as zero factors).
-        weights: one weight per entry of ``factors``.
-
-    Returns:
-        LoraFactors with A' (r, d_in), B' (d_out, r) in fp32 and scale 1 (s_i folded into B_i, so a
-        one-hot weight vector reproduces that adapter's ΔW exactly). ΔW' = B'A' is NOT
-        Σ w_i ΔW_i (cross terms B_i A_j; see the module docstring).
-
-    Raises:
-        ConfigError: lengths differ, no adapter has the module, or ranks / shapes differ (the
-            factor space needs equal ranks).
-    """
-    if len(factors) != len(weights):
-        raise ConfigError(f"factor_space_merge: {len(factors)} factor sets but {len(weights)} weights")
-    present = [(f, float(w)) for f, w in zip(factors, weights) if f is not None]
-    if not present:
-        raise ConfigError("factor_space_merge: no adapter has this module")
-    shapes = {(f.r, f.d_in, f.d_out) for f, _ in present}
-    if len(shapes) != 1:
-        raise ConfigError(f"factor_space_merge: the factor space needs equal ranks and shapes, got (r, d_in, d_out) "
-                          f"{sorted(shapes)}; use space='delta' (exact for any ranks)")
-    f0 = present[0][0]
-    A = torch.zeros(f0.r, f0.d_in, dtype=torch.float32)   # (r, d_in)
-    B = torch.zeros(f0.d_out, f0.r, dtype=torch.float32)  # (d_out, r)
-    for f, w in present:
-        A += w * f.A.float()
-        B += (w * float(f.scale)) * f.B.float()
-    return LoraFactors(A=A, B=B, scale=1.0)
-
-
-def delta_space_merge(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:
-    """Exact Σ_i w_i ΔW_i of one module as a rank-sum LoRA (``concat_factors``; ``None`` skipped).
-
-    Returns LoraFactors with A' (Σr_i, d_in), B' (d_out, Σr_i), scale 1.
-    """
-    from ..merge.concat import concat_factors
-
-    return concat_factors(list(factors), [float(w) for w in weights])
-
 
 def l1_penalty(weights: Sequence[float] | np.ndarray, l1: float) -> float:
     """λ · mean |w_i| (the LoraHub regulariser, as in the original implementation)."""
@@ -131,8 +87,6 @@ class HubLinear(LinearWrapper):
 
     def __init__(self, base: nn.Linear, factors: Sequence[LoraFactors | None], space: str, where: str = ""):
         super().__init__()
-        if space not in SPACES:
-            raise ConfigError(f"unknown LoRA Hub space {space!r}; use one of {', '.join(SPACES)}")
         self.base = base
         self.space = space
         self.n = len(factors)
@@ -221,23 +175,6 @@ def set_weights(wrappers: dict[str, HubLinear], weights: Sequence[float] | np.nd
 
 
 # ----------------------------------------------------------------------------------------------
-# Objective
-# ----------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def mean_ce(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
-    """Token-averaged cross-entropy (nats / token) over all scored tokens of ``batches``."""
-    total, count = 0.0, 0
-    for b in batches:
-        s, n = lm_loss_sum(model, b)
-        total += float(s)
-        count += n
-    if count == 0:
-        raise DataError("the few-shot examples have no scored (label) tokens")
-    return total / count
-
-
-# ----------------------------------------------------------------------------------------------
 # Search
 # ----------------------------------------------------------------------------------------------
 
@@ -255,19 +192,16 @@ def search_weights(objective: Callable[[np.ndarray], dict[str, float]], n: int, 
         "recommendation": nevergrad's recommendation (list), "evaluations": budget}``. The best
         evaluated candidate is returned (its loss was measured); the recommendation is recorded.
 
+    Ranges of ``budget``, ``bounds`` and ``init`` are checked by
+    :class:`~lorasoups.train.options.LoraHubOptions` before any model is loaded.
+
     Raises:
-        ConfigError: bad budget, bounds or optimizer name.
+        ConfigError: unknown optimizer name.
     """
     import nevergrad as ng
     from tqdm.auto import tqdm
 
     lo, hi = float(bounds[0]), float(bounds[1])
-    if not lo < hi:
-        raise ConfigError(f"LoRA Hub bounds must satisfy lower < upper, got {lo} {hi}")
-    if not lo <= init <= hi:
-        raise ConfigError(f"LoRA Hub init {init} is outside the bounds [{lo}, {hi}]")
-    if budget < 1:
-        raise ConfigError(f"LoRA Hub budget must be at least 1, got {budget}")
     if optimizer not in ng.optimizers.registry:
         from ..registry import suggest
 
@@ -317,8 +251,6 @@ def _few_shot_examples(data: Sequence[Any], tokenizer: Any, k: int, *, cutoff_le
     """K examples: from data specs via ``load_training_data`` (seeded; records whose response does
     not fit ``cutoff_len`` skipped or kept cut per ``long_responses``, counted into ``stats``), or
     given tokenised."""
-    if k < 1:
-        raise ConfigError(f"LoRA Hub needs at least 1 few-shot example, got examples={k}")
     if not data:
         raise DataError("LoRA Hub needs few-shot data (--data SPEC ...)")
     if all(isinstance(d, dict) for d in data):
@@ -342,32 +274,32 @@ def _few_shot_examples(data: Sequence[Any], tokenizer: Any, k: int, *, cutoff_le
     return exs
 
 
-@register_method("lorahub", kind="search", space="delta", reference="Huang et al. 2023 (LoraHub)")
+@register_method("lorahub", kind="search", space="delta", reference="Huang et al. 2023 (LoraHub)",
+                 options=LoraHubOptions, stage="lorahub", order=2, title="LoRA Hub search")
 def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], out: str | Path, *,
-                budget: int = 40, space: str = "delta", l1: float = 0.05,
-                bounds: tuple[float, float] = (-1.5, 1.5), examples: int = 5, seed: int = 0,
-                optimizer: str = "NGOpt", init: float = 0.0, batch_size: int = 4, cutoff_len: int = 512,
-                long_responses: str = "skip", data_dir: str | None = None, device: str = "auto", overwrite: bool = False,
-                allow_pickle: bool = False, progress: bool = True) -> Path:
+                seed: int = 0, device: str = "auto", data_dir: str | None = None, overwrite: bool = False,
+                allow_pickle: bool = False, progress: bool = True, **params: Any) -> Path:
     """LoRA Hub search for one weight per adapter; writes the merged adapter as a PEFT folder.
 
     Objective (Huang et al. 2023 §3.2): token-averaged cross-entropy (nats) of the answers of
-    ``examples`` few-shot examples + ``l1`` · mean |w_i|, minimised by the nevergrad optimiser
-    ``optimizer`` over ``budget`` candidates in ``bounds``, starting at w = ``init``.
+    ``examples`` few-shot examples (the kit's :func:`lorasoups.train.loop.eval_loss`) + ``l1`` ·
+    mean |w_i|, minimised by the nevergrad optimiser ``optimizer`` over ``budget`` candidates in
+    ``bounds``, starting at w = ``init``. The result is built by the registered merge of its space
+    (``concat`` for ``delta``, ``linear_factors`` for ``factors``).
 
     Args:
         base: base model (embedded name, HF folder or hub id); a causal LM.
         adapters: PEFT LoRA folders (n ≥ 1) of the same base model.
-        data: data specs (``parse_data_spec`` syntax) read with ``load_training_examples``, or
+        data: data specs (``parse_data_spec`` syntax) read with ``load_training_data``, or
             already tokenised examples (dicts with ``input_ids`` and ``labels``).
         out: output folder: PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``),
             ``lorahub_weights.json`` (weights per adapter, losses, settings) and
             ``lorahub_trace.jsonl`` (one line per candidate: step, weights, loss, ce, penalty).
-        space: ``delta`` (exact Σ w_i ΔW_i, rank Σ r_i) or ``factors`` ((Σ w_i s_i B_i)(Σ w_i A_i),
-            equal ranks needed, inexact; see module docstring).
         seed: seeds the example choice and the optimiser; the result is deterministic for a seed.
-        long_responses: ``skip`` (default) examples whose answer does not fit ``cutoff_len``, or
-            ``keep`` them cut; counted in ``lorahub_weights.json`` (``data_stats``) and printed.
+        **params: :class:`~lorasoups.train.options.LoraHubOptions` (``space``: ``delta`` exact
+            Σ w_i ΔW_i, rank Σ r_i, or ``factors`` (Σ w_i s_i B_i)(Σ w_i A_i), equal ranks, inexact;
+            ``long_responses``: skip or keep cut the examples whose answer does not fit, counted in
+            ``lorahub_weights.json`` (``data_stats``)), validated once here.
 
     Returns:
         ``Path(out)``.
@@ -377,69 +309,64 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         DataError: no usable examples. FileExistsError: ``out`` exists without ``overwrite``.
     """
     from ..io.adapters import read_adapter, save_adapter_files
+    from ..merge.driver import get_merge_method
     from ..models import load_base
     from ..paths import atomic_dir, check_not_input
     from ..provenance import package_versions
+    from ..train.loop import eval_loss, resolve_precision, unique_names
+    from ..devices import resolve_device
 
-    if space not in SPACES:
-        from ..registry import suggest
-
-        raise ConfigError(f"unknown LoRA Hub space {space!r}{suggest(space, SPACES)}; use one of {', '.join(SPACES)}")
+    o = LoraHubOptions.parse({**params, "seed": seed}, where="lorahub")
     if not adapters:
         raise ConfigError("LoRA Hub needs at least one adapter (--adapters DIR ...)")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out)
     check_not_input(out, list(adapters))
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     t0 = time.time()
     records = [read_adapter(a, allow_pickle=allow_pickle) for a in adapters]
-    names = _unique_names(records)
+    names = unique_names([r.name for r in records])
     for r, nm in zip(records, names):
         r.name = nm
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
+    dev = resolve_device(device)
+    prec, _ = resolve_precision(o.precision, dev)
     model, tok = load_base(base, device=dev)
     from ..io.attach import align_to_model
 
     # every tensor must find its module of this model (known key variants mapped), or refuse
     records = [align_to_model(r, model) for r in records]
     data_stats: dict = {}
-    exs = _few_shot_examples(data, tok, examples, cutoff_len=cutoff_len, seed=seed, data_dir=data_dir,
-                             long_responses=long_responses, stats=data_stats)
-    from ..train.data import collate
-
+    exs = _few_shot_examples(data, tok, o.examples, cutoff_len=o.cutoff_len, seed=seed, data_dir=data_dir,
+                             long_responses=o.long_responses, stats=data_stats)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batches = [{k: v.to(dev) for k, v in collate(exs[i:i + batch_size], pad).items()}
-               for i in range(0, len(exs), batch_size)]
-    wrappers = wrap_for_search(model, records, space)
+    wrappers = wrap_for_search(model, records, o.space)
     model.eval()
     n = len(records)
     trace: list[dict[str, Any]] = []
 
     def objective(w: np.ndarray) -> dict[str, float]:
         set_weights(wrappers, w)
-        ce = mean_ce(model, batches)
-        pen = l1_penalty(w, l1)
+        ce = eval_loss(model, exs, pad_token_id=pad, batch_size=o.batch_size, precision=prec, device=dev)
+        pen = l1_penalty(w, o.l1)
         return {"loss": ce + pen, "ce": ce, "penalty": pen}
 
     def on_eval(step: int, w: np.ndarray, res: dict[str, float]) -> None:
         trace.append({"step": step, "weights": [float(x) for x in w], **{k: float(v) for k, v in res.items()}})
 
-    best = search_weights(objective, n, budget=budget, bounds=bounds, seed=seed, optimizer=optimizer, init=init,
-                          progress=progress, on_eval=on_eval)
+    best = search_weights(objective, n, budget=o.budget, bounds=o.bounds, seed=seed, optimizer=o.optimizer,
+                          init=o.init, progress=progress, on_eval=on_eval)
     weights = best["weights"]
     final = trace[best["best_step"]]
     # the base model's loss (w = 0) for reference: from the trace when the search evaluated it
     base_ce = next((t["ce"] for t in trace if not any(t["weights"])), None)
     if base_ce is None:
         base_ce = objective(np.zeros(n))["ce"]
-    merge = delta_space_merge if space == "delta" else factor_space_merge
+    merge = get_merge_method(MERGE_OF_SPACE[o.space]).fn
     merged = {m: merge([r.modules.get(m) for r in records], weights) for m in module_union(records)}
     info = {
         "method": "lorahub",
         "reference": "Huang et al. 2023 (LoraHub)",
-        "space": space,
+        "space": o.space,
         "adapters": [{"name": nm, "path": str(Path(a).resolve()), "weight": float(w)}
                      for nm, a, w in zip(names, adapters, weights)],
         "weights": [float(w) for w in weights],
@@ -448,9 +375,7 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         "best_step": best["best_step"],
         "recommendation": best["recommendation"],
         "objective": "token-mean cross-entropy (nats) on the few-shot answers + l1 * mean|w|",
-        "options": {"budget": budget, "l1": l1, "bounds": [float(bounds[0]), float(bounds[1])],
-                    "examples": len(exs), "seed": seed, "optimizer": optimizer, "init": init,
-                    "batch_size": batch_size, "cutoff_len": cutoff_len, "long_responses": long_responses,
+        "options": {**o.model_dump(), "bounds": [float(x) for x in o.bounds], "examples": len(exs),
                     "data": [d if isinstance(d, str) else str(d) for d in data] if not isinstance(data[0], dict)
                     else f"{len(data)} tokenised examples"},
         "data_stats": data_stats or None,
@@ -470,8 +395,3 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
                          metrics={"loss": final["loss"], "ce": final["ce"], "base_ce": base_ce})
     return out
 
-
-def _unique_names(records: Sequence[AdapterRecord]) -> list[str]:
-    """Display names of adapters (folder names), made unique with a ``#i`` suffix."""
-    names = [r.name for r in records]
-    return [nm if names.count(nm) == 1 else f"{nm}#{i}" for i, nm in enumerate(names)]

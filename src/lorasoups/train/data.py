@@ -41,149 +41,26 @@ All randomness derives from ``seed``.
 
 from __future__ import annotations
 
-import math
 import random
-import re
-import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..datasets import DATASETS, load_dataset, read_records, squad_records
 from ..errors import ConfigError, DataError
-from ..prompts import (IGNORE_INDEX, PromptTooLong, ResponseTooLong, encode_continuation, encode_pair, render_prompt,
-                       start_tokens, user_text)
+from ..prompts import IGNORE_INDEX, PromptTooLong, ResponseTooLong, render_prompt, user_text
 from ..registry import suggest
 from .formats import (FIELD_KEYS, ROLES, SQUAD_INSTRUCTION, SQUAD_RESPONSE, TextExample, apply_field_map,  # noqa: F401
                       record_to_example, render_messages)
 from .formats import _detect_format
 
-FORMATS = ("auto", "instruction", "prompt_completion", "messages", "qa", "mbpp", "squad", "text")
-SPEC_KEYS = ("max_samples", "fraction", "weight", "format")
+from .data_specs import FORMATS, SPEC_KEYS, DataSpec, parse_data_spec, with_weights  # noqa: F401
+from .encode import (DEFAULT_TEXT_OVERLAP, _rng, chunk_spans, encode_example, mix_counts, select_count,  # noqa: F401
+                     select_indices, take_with_repeat, text_chunks, tokenize_text)
+
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 RECORD_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
-DEFAULT_TEXT_OVERLAP = 32
 
-
-
-# --------------------------------------------------------------------------------------------
-# Specs
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DataSpec:
-    """One ``--data`` argument.
-
-    Attributes:
-        source: catalogue dataset name or file path.
-        max_samples: keep at most this many examples (records, or chunks for raw text).
-        fraction: keep this fraction (0 < f <= 1) of the examples, at least one.
-        weight: mixing weight in DATA-MIX (see module docstring); None = plain union.
-        format: record format, one of :data:`FORMATS`.
-        fields: field mapping ``((field, column), ...)``: the record's ``field`` is read from
-            ``column`` (keys of :data:`FIELD_KEYS`).
-    """
-
-    source: str
-    max_samples: int | None = None
-    fraction: float | None = None
-    weight: float | None = None
-    format: str = "auto"
-    fields: tuple[tuple[str, str], ...] = ()
-
-    def __str__(self) -> str:
-        opts = [f"{k}={getattr(self, k)}" for k in SPEC_KEYS
-                if getattr(self, k) is not None and not (k == "format" and self.format == "auto")]
-        opts += [f"{k}={v}" for k, v in self.fields]
-        return self.source + (":" + ",".join(opts) if opts else "")
-
-    @property
-    def name(self) -> str:
-        """Short display name: the catalogue name, or the file name without suffix."""
-        return self.source if self.source in DATASETS else Path(self.source).stem
-
-
-_KV = re.compile(r"^\s*[A-Za-z_]+\s*=\s*[^,]*$")
-
-
-def parse_data_spec(spec: str | DataSpec) -> DataSpec:
-    """Parse ``SOURCE[:key=value,key=value]`` into a :class:`DataSpec`.
-
-    Keys: ``max_samples`` (int >= 1), ``fraction`` (0 < f <= 1), ``weight`` (> 0), ``format``
-    (one of :data:`FORMATS`), and field mappings ``FIELD=COLUMN`` for the fields of
-    :data:`FIELD_KEYS` (e.g. ``prompt=question,completion=answer``). A colon whose tail is not
-    ``key=value`` pairs is part of the path.
-
-    Raises:
-        ConfigError: empty source, unknown key (with "did you mean"), or a bad value; the
-            message quotes the spec.
-    """
-    if isinstance(spec, DataSpec):
-        return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"data spec {spec!r}: empty; give a catalogue dataset name or a file path")
-    text = spec.strip()
-    source, opts = text, {}
-    head, sep, tail = text.rpartition(":")
-    if sep and tail.strip() and all(_KV.match(p) for p in tail.split(",")):
-        source = head.strip()
-        for part in tail.split(","):
-            k, _, v = part.partition("=")
-            k, v = k.strip(), v.strip()
-            if k not in SPEC_KEYS + FIELD_KEYS:
-                raise ConfigError(f"data spec {spec!r}: unknown key {k!r}{suggest(k, SPEC_KEYS + FIELD_KEYS)}; "
-                                  f"keys: {', '.join(SPEC_KEYS)}, or a field mapping FIELD=COLUMN with FIELD one of "
-                                  f"{', '.join(FIELD_KEYS)}")
-            if not v:
-                raise ConfigError(f"data spec {spec!r}: {k}= needs a value")
-            opts[k] = v
-    if not source:
-        raise ConfigError(f"data spec {spec!r}: no dataset name or file before ':'")
-    kw: dict[str, Any] = {}
-    try:
-        if "max_samples" in opts:
-            kw["max_samples"] = int(opts["max_samples"])
-            if kw["max_samples"] < 1:
-                raise ValueError
-        if "fraction" in opts:
-            kw["fraction"] = float(opts["fraction"])
-            if not 0 < kw["fraction"] <= 1:
-                raise ValueError
-        if "weight" in opts:
-            kw["weight"] = float(opts["weight"])
-            if not (kw["weight"] > 0 and math.isfinite(kw["weight"])):
-                raise ValueError
-    except ValueError:
-        raise ConfigError(f"data spec {spec!r}: bad value; max_samples is an integer >= 1, fraction is in "
-                          "(0, 1], weight is a positive number") from None
-    if "format" in opts:
-        if opts["format"] not in FORMATS:
-            raise ConfigError(f"data spec {spec!r}: unknown format {opts['format']!r}"
-                              f"{suggest(opts['format'], FORMATS)}; formats: {', '.join(FORMATS)}")
-        kw["format"] = opts["format"]
-    fields = tuple((k, v) for k, v in opts.items() if k in FIELD_KEYS)
-    if fields:
-        kw["fields"] = fields
-    return DataSpec(source=source, **kw)
-
-
-def with_weights(specs: Sequence[str | DataSpec], weights: Sequence[float] | None) -> list[DataSpec]:
-    """Attach mixing ``weights`` (one per spec) to ``specs``; None leaves them unchanged.
-
-    Raises:
-        ConfigError: wrong number of weights or a non-positive weight.
-    """
-    parsed = [parse_data_spec(s) for s in specs]
-    if weights is None:
-        return parsed
-    if len(weights) != len(parsed):
-        raise ConfigError(f"{len(weights)} mixing weights given for {len(parsed)} datasets; give one per --data")
-    out = []
-    for s, w in zip(parsed, weights):
-        if not (float(w) > 0 and math.isfinite(float(w))):
-            raise ConfigError(f"mixing weight {w} for {s.source}: must be a positive number")
-        out.append(replace(s, weight=float(w)))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,123 +174,6 @@ def _is_nested_squad(path: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     return '"paragraphs"' in head
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling, chunking, tokenisation
-# --------------------------------------------------------------------------------------------
-
-def _rng(seed: int, *salt: object) -> random.Random:
-    """A ``random.Random`` from ``seed`` and a salt, stable across processes (no ``hash()``)."""
-    return random.Random((int(seed) << 32) ^ zlib.crc32("|".join(map(str, salt)).encode()))
-
-
-def select_count(n: int, max_samples: int | None = None, fraction: float | None = None) -> int:
-    """How many of ``n`` items to keep: ``round(n · fraction)`` (at least 1), capped at ``max_samples``."""
-    k = n
-    if fraction is not None:
-        k = max(1, int(round(n * fraction)))
-    if max_samples is not None:
-        k = min(k, int(max_samples))
-    return min(k, n)
-
-
-def select_indices(n: int, k: int, rng: random.Random) -> list[int]:
-    """``k`` distinct indices out of ``range(n)`` in file order (all of them when ``k >= n``)."""
-    if k >= n:
-        return list(range(n))
-    return sorted(rng.sample(range(n), k))
-
-
-def take_with_repeat(items: Sequence[Any], k: int, rng: random.Random) -> list[Any]:
-    """Exactly ``k`` items: whole copies of ``items`` while ``k >= len(items)``, then a random
-    subset without replacement for the remainder."""
-    n = len(items)
-    if n == 0 or k <= 0:
-        return []
-    full, rest = divmod(k, n)
-    out = list(items) * full
-    out += [items[i] for i in sorted(rng.sample(range(n), rest))]
-    return out
-
-
-def mix_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
-    """Per-source counts for a weighted mix of ``N = sum(sizes)`` examples: ``N · w_i / Σw``
-    rounded by largest remainder (so they sum to ``N``), each at least 1."""
-    total, wsum = int(sum(sizes)), float(sum(weights))
-    raw = [total * w / wsum for w in weights]
-    counts = [int(math.floor(x)) for x in raw]
-    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return [max(1, c) for c in counts]
-
-
-def chunk_spans(n_tokens: int, cutoff_len: int, overlap: int) -> list[tuple[int, int]]:
-    """Windows ``[start, end)`` over ``n_tokens`` tokens for continued pre-training.
-
-    Each window has ``cutoff_len`` tokens (the last one may be shorter); consecutive windows share
-    exactly ``overlap`` tokens; the first starts at 0 and the last ends at ``n_tokens``, so every
-    token is covered.
-
-    Raises:
-        ConfigError: ``cutoff_len < 2`` or ``overlap`` not in ``[0, cutoff_len)``.
-    """
-    if cutoff_len < 2:
-        raise ConfigError(f"cutoff length {cutoff_len} is too short for raw-text chunks")
-    if not 0 <= overlap < cutoff_len:
-        raise ConfigError(f"text overlap {overlap} must be in [0, cutoff length {cutoff_len})")
-    spans, start = [], 0
-    while True:
-        end = min(start + cutoff_len, n_tokens)
-        spans.append((start, end))
-        if end >= n_tokens:
-            return spans
-        start = end - overlap
-
-
-def tokenize_text(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
-    """Token ids of a whole corpus (no start tokens; EOS appended when ``add_eos``)."""
-    ids = encode_continuation(tokenizer, text)
-    if add_eos and tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
-
-
-def text_chunks(tokenizer: Any, text: str, cutoff_len: int, overlap: int = DEFAULT_TEXT_OVERLAP) -> list[dict[str, list[int]]]:
-    """Raw text -> training examples of at most ``cutoff_len`` tokens with labels on every token.
-
-    Each chunk starts with the tokenizer's start tokens (:func:`lorasoups.prompts.start_tokens`,
-    e.g. BOS for Llama-2, none for SmolLM2) as a sequence on its own would; the text windows are
-    shortened by as many tokens. The start tokens carry no loss.
-    """
-    ids = tokenize_text(tokenizer, text)
-    start = start_tokens(tokenizer)
-    width = cutoff_len - len(start)
-    out = []
-    for s, e in chunk_spans(len(ids), width, min(overlap, width // 2)):
-        piece = ids[s:e]
-        out.append({"input_ids": start + piece, "labels": [IGNORE_INDEX] * len(start) + list(piece)})
-    return out
-
-
-def encode_example(tokenizer: Any, ex: TextExample, cutoff_len: int | None, train_on_inputs: bool = False,
-                   truncate_response: bool = False) -> dict[str, list[int]]:
-    """Prompt (shared format, :func:`lorasoups.prompts.render_prompt`) + response -> ids and labels.
-
-    Raises:
-        PromptTooLong: the prompt is not shorter than ``cutoff_len`` (names the file and record).
-        ResponseTooLong: the response does not fit after the prompt and not ``truncate_response``.
-    """
-    if ex.messages is not None:
-        prompt = render_messages(tokenizer, ex.messages)
-    else:
-        prompt = render_prompt(tokenizer, ex.instruction, ex.input or None)
-    try:
-        return encode_pair(tokenizer, prompt, ex.output, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
-                           where=ex.where, truncate_response=truncate_response)
-    except PromptTooLong as e:
-        raise PromptTooLong(f"{e}; raise --cutoff-len or drop the record") from None
 
 
 # --------------------------------------------------------------------------------------------

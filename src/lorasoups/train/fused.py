@@ -298,17 +298,6 @@ class CatHandle:
         return out
 
 
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Make display names unique by suffixing ``#2``, ``#3``... to repeats."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        k = seen.get(n, 0) + 1
-        seen[n] = k
-        out.append(n if k == 1 else f"{n}#{k}")
-    return out
-
-
 def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granularity: str = "module",
                normalize: str = "softmax", init: str | float | Sequence[float] = "uniform", seed: int = 0) -> CatHandle:
     """Wrap every module adapted by any adapter in a :class:`FusedConcatLinear`, in place.
@@ -339,6 +328,8 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         raise ConfigError(f"unknown normalize {normalize!r}; use one of {', '.join(NORMALIZATIONS)}")
     if hasattr(model, "cat_coefficients"):
         raise ConfigError("model already has CAT modules attached; call detach_cat first")
+    from .loop import unique_names
+
     names = unique_names([a.name for a in adapters])
     n = len(adapters)
     init_p = parse_init(init, n)

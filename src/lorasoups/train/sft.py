@@ -15,12 +15,10 @@ removed then (unless ``keep_checkpoints``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,159 +26,22 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from ..methods import register_method
 from ..paths import atomic_dir, check_not_input
-from ..registry import suggest
-from .data import LONG_RESPONSE_POLICIES
+from .loop import resolve_precision
+from .options import DataMixOptions, TrainOptions
 
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-
-
-@dataclass
-class TrainOptions:
-    """Options of :func:`train_lora` (CLI flags mirror them: ``learning_rate`` -> ``--learning-rate``).
-
-    Defaults aim at a skill LoRA on SmolLM2-135M that learns its answer format within about ten
-    CPU minutes: 200 steps of 8 examples of at most 256 tokens (≈ 250k training tokens), rank 8
-    on all attention and MLP projections, learning rate 5e-4 with 10 warm-up steps and cosine decay.
-
-    ``group_by_length`` (default on): each epoch's examples are batched with others of similar length
-    (transformers' ``LengthGroupedSampler``, from the seeded torch RNG), so far fewer positions are
-    padding (cpu preset of configs/math_code.yaml: 2.3% instead of 38.3%). It changes which examples
-    share a batch and their order, hence the exact results, but not the data, the number of steps or
-    the loss definition; ``group_by_length=False`` gives uniformly random batches.
-    """
-
-    r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    learning_rate: float = 5e-4
-    max_steps: int | None = 200
-    epochs: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    cutoff_len: int = 256
-    warmup_steps: int = 10
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    val_fraction: float = 0.0
-    max_samples: int | None = None
-    fraction: float | None = None
-    weights: list[float] | None = None
-    train_on_inputs: bool = False
-    text_overlap: int = 32
-    skip_long_prompts: bool = False
-    long_responses: str = "skip"
-    precision: str = "auto"
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    data_dir: str | None = None
-    group_by_length: bool = True
-
-    def validate(self) -> None:
-        """Raises ConfigError naming every bad option."""
-        bad = []
-        if self.r < 1:
-            bad.append(f"r must be >= 1, got {self.r}")
-        if not 0 <= self.lora_dropout < 1:
-            bad.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not self.target_modules:
-            bad.append("target_modules is empty")
-        if not self.learning_rate > 0:
-            bad.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        if (self.max_steps is None or self.max_steps <= 0) and (self.epochs is None or self.epochs <= 0):
-            bad.append("give max_steps > 0 or epochs > 0")
-        for k in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
-            if getattr(self, k) < 1:
-                bad.append(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.cutoff_len < 8:
-            bad.append(f"cutoff_len must be >= 8, got {self.cutoff_len}")
-        if not 0 <= self.val_fraction < 1:
-            bad.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.precision not in PRECISIONS:
-            bad.append(f"precision {self.precision!r}{suggest(self.precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
-        if self.long_responses not in LONG_RESPONSE_POLICIES:
-            bad.append(f"long_responses {self.long_responses!r}; choose from {', '.join(LONG_RESPONSE_POLICIES)}")
-        if not isinstance(self.group_by_length, bool):
-            bad.append(f"group_by_length must be true or false, got {self.group_by_length!r}")
-        if self.lr_scheduler not in SCHEDULERS:
-            bad.append(f"lr_scheduler {self.lr_scheduler!r}; choose from {', '.join(SCHEDULERS)}")
-        if bad:
-            raise ConfigError("train: " + "; ".join(bad), bad)
-
-
-OPTION_NAMES = [f.name for f in dataclasses.fields(TrainOptions)]
+OPTIONS_SPEC = TrainOptions  # the options of ``train_lora(**options)``, read by config validation
 # Runner-only keywords of train_lora that are not training hyper-parameters.
 RUN_KEYWORDS = ("resume", "overwrite", "keep_checkpoints", "progress", "callbacks", "threads")
 
 
 def make_options(**options: Any) -> TrainOptions:
-    """Build and validate :class:`TrainOptions`; unknown names raise ConfigError with suggestions."""
-    for k in options:
-        if k not in OPTION_NAMES:
-            raise ConfigError(f"train: unknown option {k!r}{suggest(k, OPTION_NAMES)}; options: {', '.join(OPTION_NAMES)}")
-    given = {k: v for k, v in options.items() if v is not None or k == "max_steps"}
-    if given.get("epochs") and "max_steps" not in given:
-        given["max_steps"] = None  # epochs given alone: train whole epochs
-    opts = TrainOptions(**given)
-    if isinstance(opts.target_modules, str):
-        opts.target_modules = [t.strip() for t in opts.target_modules.split(",") if t.strip()]
-    opts.validate()
-    return opts
-
-
-# --------------------------------------------------------------------------------------------
-# Precision
-# --------------------------------------------------------------------------------------------
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def resolve_precision(precision: str, device: str) -> tuple[str, str]:
-    """Choose the autocast precision for training.
-
-    ``auto``: on CUDA, bf16 where supported else fp16; on CPU, bf16 when the CPU has native bf16
-    arithmetic (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``), else fp32. LoRA weights and
-    optimizer state stay fp32 in every case (autocast only lowers the matmuls).
-
-    Returns:
-        ``(precision, reason)`` with precision in ``fp32 | bf16 | fp16``.
+    """Validated :class:`~lorasoups.train.options.TrainOptions` (``None`` values mean "default").
 
     Raises:
-        ConfigError: unknown value, or fp16 on CPU.
+        ConfigError: every unknown or invalid option, with "did you mean".
     """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}{suggest(precision, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
-    if device == "cuda":
-        if precision == "auto":
-            return ("bf16", "auto: CUDA device supports bf16") if torch.cuda.is_bf16_supported() else \
-                ("fp16", "auto: CUDA device without bf16 support")
-        return precision, "requested"
-    if precision == "fp16":
-        raise ConfigError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
-    flags = cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}
-    if precision == "auto":
-        if flags & {"avx512_bf16", "amx_bf16"}:
-            return "bf16", f"auto: CPU has {', '.join(sorted(flags))}"
-        return "fp32", "auto: CPU lacks avx512_bf16/amx_bf16"
-    if precision == "bf16" and not flags & {"avx512_bf16", "amx_bf16"}:
-        return "bf16", "requested (CPU lacks native bf16: expect it to be slow)"
-    return precision, "requested"
+    given = {k: v for k, v in options.items() if v is not None or k == "max_steps"}
+    return TrainOptions.parse(given, where="train")
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +244,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     work = work_dir_for(out)
-    resolved = {"base": base, "data": [str(s) for s in specs], **dataclasses.asdict(opts),
+    resolved = {"base": base, "data": [str(s) for s in specs], **opts.model_dump(),
                 "precision_resolved": precision}
     resolved_cmp = _comparable(resolved)
 
@@ -550,12 +411,12 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     "data_mix", kind="trained", space="model",
     reference="LoRA Soups (Prabhakar et al. 2024, arXiv 2410.13025) §4: DATA-MIX baseline",
     description="one LoRA trained on the union (optionally weighted mix) of all skills' data",
-    params={**{f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-               for f in dataclasses.fields(TrainOptions)}},
+    options=DataMixOptions, stage="data_mix", order=9, title="train DATA-MIX LoRA",
+    uses_adapters=False, resumable=True,
 )
-def data_mix(base: str, data: Sequence[str], out: str | os.PathLike, **options: Any) -> Path:
-    """DATA-MIX: one LoRA on the mix of all skill datasets (``weights=`` one per dataset).
-
-    Same options as :func:`train_lora`; returns the adapter folder.
-    """
-    return train_lora(base, data, out, **options)
+def data_mix(base: str, adapters: Sequence[Any], data: Sequence[str], out: str | os.PathLike, *, seed: int = 0,
+             **params: Any) -> Path:
+    """DATA-MIX: one LoRA on the mix of all skill datasets (``weights=`` one per dataset); ``adapters``
+    is ignored (it trains from data alone). Same options and run keywords as :func:`train_lora`;
+    returns the adapter folder."""
+    return train_lora(base, data, out, seed=seed, **params)
