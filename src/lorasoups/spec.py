@@ -81,10 +81,12 @@ def _type_name(tp: Any) -> str:
 class Spec(BaseModel):
     """Base of every option group. Unknown keys are errors; instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     #: old option name -> current name; an old name is refused with a message naming the new one.
     renamed: ClassVar[dict[str, str]] = {}
+    #: old option name -> how to convert its value (appended to the "renamed" message), optional.
+    rename_hints: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ validation
     @classmethod
@@ -99,7 +101,8 @@ class Spec(BaseModel):
         known = list(cls.model_fields)
         for key in list(values):
             if key in cls.renamed:
-                out.append(f"{where}.{key}: renamed to {cls.renamed[key]!r}")
+                hint = f" ({cls.rename_hints[key]})" if key in cls.rename_hints else ""
+                out.append(f"{where}.{key}: renamed to {cls.renamed[key]!r}{hint}")
                 values.pop(key)
             elif key not in cls.model_fields:
                 out.append(f"{where}.{key}: unknown option{suggest(key, known)}; known: {', '.join(known)}")
@@ -108,9 +111,10 @@ class Spec(BaseModel):
             cls.model_validate(values)
         except ValidationError as e:
             for err in e.errors():
-                loc = ".".join(str(x) for x in err["loc"])
+                loc = "".join(f".{x}" for x in err["loc"])  # empty for a check across options
                 got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-                out.append(f"{where}.{loc}: {err['msg'].lower()}{got}")
+                msg = err["msg"].removeprefix("Value error, ")
+                out.append(f"{where}{loc}: {msg[:1].lower() + msg[1:]}{got}")
         return out
 
     @classmethod
@@ -201,6 +205,10 @@ class Spec(BaseModel):
 
 
 UNSET = _UNSET
+
+
+class NoOptions(Spec):
+    """The options of a method that takes none (any option given is an error)."""
 
 
 def _conv(tp: Any, optional: bool):

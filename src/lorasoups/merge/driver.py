@@ -103,6 +103,19 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _from_text(value: Any) -> Any:
+    """A CLI string read as YAML (``0.5`` -> float, ``none`` -> None, ``[1, 2]`` -> list); others unchanged."""
+    if not isinstance(value, str):
+        return value
+    from ..config import parse_yaml
+
+    try:
+        out = parse_yaml(value)
+    except ConfigError:
+        return value
+    return None if isinstance(out, str) and out.lower() == "none" else out
+
+
 def resolve_params(info: MethodInfo, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Method parameters with defaults filled in and values converted to the defaults' types.
 
@@ -110,6 +123,9 @@ def resolve_params(info: MethodInfo, params: Mapping[str, Any] | None) -> dict[s
         ConfigError: unknown parameter (with "did you mean"), a value of the wrong type, or a
             required parameter left unset.
     """
+    if info.options is not None:  # the method's option spec: names, types, ranges, choices checked once here
+        given = {k: _from_text(v) for k, v in (params or {}).items()}
+        return info.options.parse(given, where=f"method {info.name!r}").model_dump()
     defaults = dict(info.params)
     out = {k: v for k, v in defaults.items()}
     for k, v in (params or {}).items():
