@@ -33,8 +33,9 @@ _UNSET: Any = object()
 
 
 def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, cli: bool = True) -> Any:
-    """Declare one option: default, one-line help, optional unit and numeric bounds.
+        le: float | None = None, lt: float | None = None, pattern: str | None = None, cli: bool = True) -> Any:
+    """Declare one option: default, one-line help, optional unit, numeric bounds or a regex ``pattern``
+    (strings).
 
     ``cli=False`` keeps the option out of generated command-line flags (e.g. tokenised data passed
     by the API only). Mutable defaults (lists, dicts) are copied per instance by pydantic.
@@ -42,7 +43,7 @@ def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = 
     extra: dict[str, Any] = {"cli": cli}
     if unit:
         extra["unit"] = unit
-    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
+    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, pattern=pattern, json_schema_extra=extra)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class Spec(BaseModel):
                 loc = "".join(f".{x}" for x in err["loc"])  # empty for a check across options
                 got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
                 msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "literal_error" and err["loc"] and isinstance(err.get("input"), str):
+                    choices, _ = _strip_optional(cls.model_fields[str(err["loc"][0])].annotation)
+                    msg += suggest(err["input"], [str(a) for a in get_args(choices)])
                 out.append(f"{where}{loc}: {msg[:1].lower() + msg[1:]}{got}")
         return out
 
@@ -195,6 +199,8 @@ class Spec(BaseModel):
                 return m.le + 1
             if isinstance(m, Lt):
                 return m.lt + 1
+            if getattr(m, "pattern", None):
+                return "?bogus value?"
         if get_origin(base) is Literal:
             return "bogus-" + "-".join(str(a) for a in get_args(base))
         if base in (int, float):

@@ -19,7 +19,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from ..errors import ConfigError, DataError
 from ..methods import register_method
@@ -316,7 +316,8 @@ def _is_examples(data: Sequence[Any]) -> bool:
                  description="learnable concatenation: per-module coefficients on frozen skill LoRAs, trained on "
                              "a small skill-data mix, exported as one rank-Σr LoRA")
 def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, out: str | os.PathLike, *,
-              granularity: str = "module", normalize: str = "softmax", init: str = "uniform",
+              granularity: Literal["module", "layer", "global"] = "module",
+              normalize: Literal["softmax", "none"] = "softmax", init: str = "uniform",
               lr: float = DEFAULT_LR, steps: int | None = None, epochs: float = DEFAULT_EPOCHS,
               batch_size: int = DEFAULT_BATCH_SIZE, grad_accum: int = 1, schedule: str = "linear",
               fraction: float | None = DEFAULT_FRACTION, max_samples: int | None = None,
