@@ -231,6 +231,19 @@ def test_cli_merge_and_ls(adapters, tmp_path, capsys):
     assert rc == 2 and "did you mean 'ties'" in capsys.readouterr().err
     rc = main(["merge", "--method", "linear", "--adapters", a, b, "--weights", "1", "--out", str(tmp_path / "x")])
     assert rc == 2 and "2 adapters" in capsys.readouterr().err
+    # method options as flags from the method's spec, the same as --param
+    rc = main(["merge", "--method", "ties", "--adapters", a, b, "--weights", "0.7", "-0.3", "--density", "0.5",
+               "--rank", "4", "--out", str(tmp_path / "flags")])
+    assert rc == 0
+    for m, f in read_adapter(tmp_path / "flags").modules.items():
+        assert torch.allclose(f.delta(), read_adapter(tmp_path / "o").modules[m].delta(), atol=1e-6)
+    rc = main(["merge", "--method", "linear", "--adapters", a, b, "--density", "0.5", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "unrecognized arguments: --density 0.5 (options of linear: none)" in capsys.readouterr().err
+    rc = main(["merge", "--method", "dare_linear", "--adapters", a, b, "--drop-rate", "0.5", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "renamed to 'density' (the kept fraction: density = 1 - drop_rate)" in capsys.readouterr().err
+    rc = main(["merge", "--method", "ties", "--adapters", a, b, "--density", "2", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "density: input should be less than or equal to 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["ls", "methods"]) == 0
     table = capsys.readouterr().out
     for line_start, needle in [("ties ", "density=0.2"), ("dare_linear ", "density"),
