@@ -98,8 +98,9 @@ def as_str_list(p: Problems, path: str, v: Any) -> list[str]:
 def layered(check: Callable[[Mapping[str, Any], str], list[str]], defaults: Mapping[str, Any],
             own: Mapping[str, Any], path: str, defaults_path: str) -> list[str]:
     """Problems of ``defaults`` overridden by ``own`` (as the step will see them); a problem of an
-    option that comes from the defaults is reported at ``defaults_path`` (once, not per user)."""
-    out = []
+    option that comes from the defaults is reported at ``defaults_path`` (once, not per user), and
+    so is a bad default that every user overrides."""
+    out = [x for x in check(defaults, defaults_path) if x.startswith(defaults_path + ".")]
     for line in check(deep_merge(dict(defaults), dict(own)), path):
         head, sep, rest = line.partition(": ")
         key = head[len(path) + 1:].split(".")[0] if head.startswith(path + ".") else None
