@@ -91,3 +91,15 @@ def test_good_values_validate(tmp_path, capsys, no_model):
     good = ["methods.ties.params.density=0.5", "methods.dare_ties.params.trim_density=0.5",
             "methods.knots.params.inner=dare_ties", "methods.knots.params.trim_density=0.3", "eval.options.limit=3"]
     assert main(["validate", str(cfg), *good]) == 0, capsys.readouterr().err
+
+
+def test_merge_function_defaults_match_their_spec():
+    """A pure merge function called directly behaves like the registered method with no options."""
+    import inspect
+
+    for name, info in load_methods().items():
+        if info.kind != "merge":
+            continue
+        assert info.options is not None, f"{name}: a closed-form merge declares its options"
+        kw = {p.name: p.default for p in inspect.signature(info.fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+        assert kw == {k: f.default for k, f in info.options.model_fields.items()}, name
