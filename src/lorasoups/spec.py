@@ -131,7 +131,7 @@ class Spec(BaseModel):
         merged = {**dict(values or {}), **more}
         probs = cls.problems(merged, where)
         if probs:
-            raise ConfigError(f"{where}: " + "; ".join(probs), problems=probs)
+            raise ConfigError("; ".join(probs), problems=probs)  # each problem names where.option
         return cls.model_validate(merged)
 
     # ------------------------------------------------------------------ listing

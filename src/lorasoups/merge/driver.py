@@ -86,7 +86,7 @@ def resolve_params(info: MethodInfo, params: Mapping[str, Any] | None) -> dict[s
     from ..spec import NoOptions
 
     given = {k: _from_text(v) for k, v in (params or {}).items()}
-    return (info.options or NoOptions).parse(given, where=f"method {info.name!r}").model_dump()
+    return (info.options or NoOptions).parse(given, where=info.name).model_dump()
 
 
 def parse_param_args(items: Sequence[str] | None) -> dict[str, str]:
