@@ -3,14 +3,12 @@ problem at once (unknown keys with suggestions, unknown methods/tasks, parameter
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import pytest
 
 from lorasoups.cli.main import main
-from lorasoups.config import (apply_overrides, check_value, load_config, load_raw, parse_yaml,
-                              resolve_preset)
+from lorasoups.config import apply_overrides, load_config, load_raw, parse_yaml, resolve_preset
 from lorasoups.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +86,7 @@ def test_all_problems_reported_together(tmp_path):
     assert len(ei.value.problems) == 4, msg
     assert "unknown key 'sed' (did you mean 'seed'" in msg
     assert "unknown method 'tie' (did you mean 'ties'" in msg
-    assert "methods.ties.params.density: method ties: expected float, got str 'high'" in msg
+    assert "methods.ties.params.density: input should be a valid number" in msg and "(got 'high')" in msg
     assert "unknown task 'gsm_hardd' (did you mean 'gsm_hard'" in msg
 
 
@@ -103,7 +101,7 @@ def test_validate_cli_three_mistakes_one_message(tmp_path, capsys):
     assert "3 problems" in err
     assert "unknown method 'soup'" in err
     assert "unknown task 'gsm_hrd' (did you mean 'gsm_hard'" in err
-    assert "methods.cat.params.learning_rate: method cat: expected float, got str 'fast'" in err
+    assert "methods.cat.params.learning_rate: input should be a valid number" in err
 
 
 def test_wrong_keys_suggest_right_ones(tmp_path):
@@ -115,7 +113,7 @@ def test_wrong_keys_suggest_right_ones(tmp_path):
         load_config(p)
     msg = str(ei.value)
     assert "unknown key 'parms' (did you mean 'params'" in msg
-    assert "unknown parameter 'densty' of method ties (did you mean 'density'" in msg
+    assert "methods.ties.params.densty: unknown option (did you mean 'density'" in msg
     assert "unknown training option 'lora_alpa' (did you mean 'lora_alpha'" in msg
 
 
@@ -128,15 +126,25 @@ def test_skill_and_data_references(tmp_path):
     msg = str(ei.value)
     assert "unknown skill 'mth' (did you mean 'math'" in msg
     assert "unknown dataset 'codealpca' (did you mean 'codealpaca'" in msg
-    assert "unknown data spec option 'max_sample' (did you mean 'max_samples'" in msg
+    assert "unknown key 'max_sample' (did you mean 'max_samples'" in msg
 
 
-def test_check_value_types():
-    assert check_value(3, float) and not check_value(True, float) and not check_value("x", float)
-    assert check_value(None, typing.Optional[int]) and not check_value(1.5, typing.Optional[int])
-    assert check_value([0.5, 1], list[float]) and not check_value([0.5, "a"], list[float])
-    assert check_value("softmax", typing.Literal["softmax", "none"]) and not check_value("x", typing.Literal["a"])
-    assert check_value((1, 2), tuple[float, float])
+def test_validate_names_every_value_problem(tmp_path, capsys):
+    """Ranges, choices and data-spec values are problems at validation, not when the step runs."""
+    p = _write(tmp_path, GOOD)
+    rc = main(["validate", str(p), "methods.cat.params.lr=-1", "methods.cat.params.granularity=modul",
+               "methods.ties.params.density=7", 'skills.math.data=["gsm8k:max_samples=0"]',
+               "eval.options.limit=0", "train.lora_dropout=2", "methods.dare_linear.params.drop_rate=0.9"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "8 problems" in err, err
+    assert "methods.cat.params.lr: renamed to 'learning_rate'" in err
+    assert "methods.cat.params.learning_rate: input should be greater than 0 (got -1)" in err
+    assert "methods.cat.params.granularity" in err and "did you mean 'module'" in err
+    assert "methods.ties.params.density: input should be less than or equal to 1" in err
+    assert "skills.math.data[0]" in err and "max_samples" in err
+    assert "eval.options.limit: input should be greater than or equal to 1" in err
+    assert "train" in err and "lora_dropout" in err
+    assert "methods.dare_linear.params.drop_rate: renamed to 'density' (the kept fraction: density = 1 - drop_rate)" in err
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -163,6 +171,6 @@ def test_overrides_after_options_on_the_command_line(tmp_path, capsys):
     p = _write(tmp_path, GOOD)
     rc = main(["validate", str(p), "--preset", "smoke", "methods.cat.params.learning_rate=fast"])
     err = capsys.readouterr().err
-    assert rc == 2 and "methods.cat.params.learning_rate: method cat: expected float, got str 'fast'" in err
+    assert rc == 2 and "methods.cat.params.learning_rate: input should be a valid number" in err
     with pytest.raises(SystemExit):
         main(["validate", str(p), "--preset", "cpu", "--no-such-flag"])

@@ -33,8 +33,9 @@ _UNSET: Any = object()
 
 
 def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, cli: bool = True) -> Any:
-    """Declare one option: default, one-line help, optional unit and numeric bounds.
+        le: float | None = None, lt: float | None = None, pattern: str | None = None, cli: bool = True) -> Any:
+    """Declare one option: default, one-line help, optional unit, numeric bounds or a regex ``pattern``
+    (strings).
 
     ``cli=False`` keeps the option out of generated command-line flags (e.g. tokenised data passed
     by the API only). Mutable defaults (lists, dicts) are copied per instance by pydantic.
@@ -43,7 +44,8 @@ def opt(default: Any, help: str, *, unit: str | None = None, ge: float | None = 
     if unit:
         extra["unit"] = unit
     strict = True if isinstance(default, bool) else None  # a yes/no option takes true/false, not "yes" or 1
-    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, strict=strict, json_schema_extra=extra)
+    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, pattern=pattern, strict=strict,
+                 json_schema_extra=extra)
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,12 @@ def _type_name(tp: Any) -> str:
 class Spec(BaseModel):
     """Base of every option group. Unknown keys are errors; instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     #: old option name -> current name; an old name is refused with a message naming the new one.
     renamed: ClassVar[dict[str, str]] = {}
+    #: old option name -> how to convert its value (appended to the "renamed" message), optional.
+    rename_hints: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ validation
     @classmethod
@@ -100,8 +104,11 @@ class Spec(BaseModel):
         known = list(cls.model_fields)
         for key in list(values):
             if key in cls.renamed:
-                out.append(f"{where}.{key}: renamed to {cls.renamed[key]!r}")
-                values.pop(key)
+                hint = f" ({cls.rename_hints[key]})" if key in cls.rename_hints else ""
+                out.append(f"{where}.{key}: renamed to {cls.renamed[key]!r}{hint}")
+                value = values.pop(key)
+                if key not in cls.rename_hints and cls.renamed[key] not in values:
+                    values[cls.renamed[key]] = value  # same meaning: check the value under its new name too
             elif key not in cls.model_fields:
                 out.append(f"{where}.{key}: unknown option{suggest(key, known)}; known: {', '.join(known)}")
                 values.pop(key)
@@ -109,9 +116,13 @@ class Spec(BaseModel):
             cls.model_validate(values)
         except ValidationError as e:
             for err in e.errors():
-                loc = ".".join(str(x) for x in err["loc"])
+                loc = "".join(f".{x}" for x in err["loc"])  # empty for a check across options
                 got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-                out.append(f"{where}{'.' + loc if loc else ''}: {err['msg'].lower()}{got}")
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "literal_error" and err["loc"] and isinstance(err.get("input"), str):
+                    choices, _ = _strip_optional(cls.model_fields[str(err["loc"][0])].annotation)
+                    msg += suggest(err["input"], [str(a) for a in get_args(choices)])
+                out.append(f"{where}{loc}: {msg[:1].lower() + msg[1:]}{got}")
         return out
 
     @classmethod
@@ -124,7 +135,7 @@ class Spec(BaseModel):
         merged = {**dict(values or {}), **more}
         probs = cls.problems(merged, where)
         if probs:
-            raise ConfigError(f"{where}: " + "; ".join(probs), problems=probs)
+            raise ConfigError("; ".join(probs), problems=probs)  # each problem names where.option
         return cls.model_validate(merged)
 
     # ------------------------------------------------------------------ listing
@@ -197,6 +208,8 @@ class Spec(BaseModel):
                 return m.le + 1
             if isinstance(m, Lt):
                 return m.lt + 1
+            if getattr(m, "pattern", None):
+                return "?bogus value?"
         if get_origin(base) is Literal:
             return "bogus-" + "-".join(str(a) for a in get_args(base))
         if base in (int, float):
@@ -218,6 +231,10 @@ class _Renamed(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"{option_string} was renamed to {self.new_flag}")
+
+
+class NoOptions(Spec):
+    """The options of a method that takes none (any option given is an error)."""
 
 
 def _conv(tp: Any, optional: bool):

@@ -51,7 +51,7 @@ def test_code_tasks_refuse_without_permission(fake_data, tiny_dir):
 def test_options_are_validated():
     with pytest.raises(ConfigError) as e:
         resolve_options({"limt": 3, "batch_size": 0})
-    assert "unknown evaluation option 'limt'" in str(e.value) and "batch_size" in str(e.value)
+    assert "limt: unknown option (did you mean 'limit'" in str(e.value) and "batch_size" in str(e.value)
     assert resolve_options({"limit": 3})["limit"] == 3
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasoups.config import Schemas, build_config
+from lorasoups.config import Known, build_config
 from lorasoups.errors import LorasoupsError
 from lorasoups.experiment import Runner
 from lorasoups.report import rebuild_report
@@ -23,12 +23,8 @@ def _write_records(path: Path, n: int, tag: str) -> Path:
     return path
 
 
-def _schemas() -> Schemas:
-    from lorasoups.methods import load_methods
-
-    methods = {n: (m.kind, dict(m.params), m.fn) for n, m in load_methods().items()}
-    return Schemas(methods=methods, tasks={"t_target", "t_skill"}, datasets=None,
-                   task_metrics={"t_target": {"nll", "acc"}, "t_skill": {"nll"}})
+def _known() -> Known:
+    return Known(tasks={"t_target": {"nll", "acc"}, "t_skill": {"nll"}}, datasets=None)
 
 
 def _cfg(tmp_path: Path, **over):
@@ -49,7 +45,7 @@ def _cfg(tmp_path: Path, **over):
                                {"task": "t_skill", "metric": "nll"}]},
     }
     raw.update(over)
-    return build_config(raw, schemas=_schemas(), source=str(tmp_path / "fake.yaml"))
+    return build_config(raw, known=_known(), source=str(tmp_path / "fake.yaml"))
 
 
 class Fakes:

@@ -19,8 +19,8 @@ from lorasoups.types import LoraFactors
 ALIGNED = ["knots", "core_space"]
 FNS = {"knots": knots, "core_space": core_space}
 # the inner merges in settings that lose nothing (no trim, no drop)
-LOSSLESS_INNER = [("linear", {}), ("ties", {"density": 1.0}), ("dare_ties", {"drop_rate": 0.0, "density": 1.0}),
-                  ("dare_linear", {"drop_rate": 0.0})]
+LOSSLESS_INNER = [("linear", {}), ("ties", {"density": 1.0}), ("dare_ties", {"density": 1.0, "trim_density": 1.0}),
+                  ("dare_linear", {"density": 1.0})]
 
 
 def rel(x, y):
@@ -59,7 +59,7 @@ def test_one_adapter_comes_back_unchanged(name, inner, params):
 
 @pytest.mark.parametrize("name", ALIGNED)
 @pytest.mark.parametrize("inner,params", [("linear", {}), ("ties", {"density": 0.5}),
-                                          ("dare_ties", {"drop_rate": 0.3, "seed": 4})])
+                                          ("dare_ties", {"density": 0.7, "seed": 4})])
 def test_absent_module_contributes_nothing(name, inner, params):
     """None (module absent) = the adapter left out, also with trimming and random drops; with the
     linear inner merge it also equals an adapter whose ΔW is 0 (B = 0)."""
@@ -145,19 +145,15 @@ def test_params_validation():
     for name in ALIGNED:
         info = get_merge_method(name)
         assert info.space == "aligned" and info.params["inner"] == "ties"
-        p = resolve_params(info, {"inner": "dare_ties", "density": "0.5", "drop_rate": "0.3", "seed": "2"})
-        assert (p["density"], p["drop_rate"], p["seed"]) == (0.5, 0.3, 2)
+        p = resolve_params(info, {"inner": "dare_ties", "density": "0.5", "trim_density": "0.3", "seed": "2"})
+        assert (p["density"], p["trim_density"], p["seed"]) == (0.5, 0.3, 2)
         f = [rand_factors(4, seed=13)]
-        with pytest.raises(ConfigError, match="did you mean 'ties'"):
-            FNS[name](f, [1.0], inner="tie")
-        with pytest.raises(ConfigError, match="'linear' has no parameter 'density'"):
-            FNS[name](f, [1.0], inner="linear", density=0.5)
-        with pytest.raises(ConfigError, match="'ties' has no parameter 'drop_rate'"):
-            FNS[name](f, [1.0], inner="ties", drop_rate=0.5)
-        with pytest.raises(ConfigError, match="density"):
-            FNS[name](f, [1.0], inner="ties", density=0.0)
-        with pytest.raises(ConfigError, match="drop_rate"):
-            FNS[name](f, [1.0], inner="dare_linear", drop_rate=1.0)
+        for bad, needle in [({"inner": "tie"}, "'ties'"), ({"inner": "linear", "density": 0.5}, "'linear' has no option 'density'"),
+                            ({"inner": "ties", "trim_density": 0.5}, "'ties' has no option 'trim_density'"),
+                            ({"inner": "ties", "density": 0.0}, "density"), ({"inner": "dare_linear", "density": 1.5}, "density"),
+                            ({"inner": "dare_linear", "drop_rate": 0.5}, "density = 1 - drop_rate")]:
+            with pytest.raises(ConfigError, match=needle):
+                resolve_params(info, bad)
         with pytest.raises(ValueError, match="shapes differ"):
             FNS[name]([f[0], rand_factors(2, d_out=7)], [1.0, 1.0])
 

@@ -73,7 +73,7 @@ def test_single_adapter_and_negation_through_driver(adapters, tmp_path):
     a = adapters["a"]
     ref = {m: f.delta() for m, f in read_adapter(a).modules.items()}
     for method in ("linear", "ties", "dare_ties", "magnitude_prune"):
-        params = {k: v for k, v in {"density": 1.0, "drop_rate": 0.0}.items() if k in get_merge_method(method).params}
+        params = {k: v for k, v in {"density": 1.0, "trim_density": 1.0}.items() if k in get_merge_method(method).params}
         out = merge_adapters([a], method, tmp_path / f"{method}_one", params=params)
         assert_same_products(out, ref)  # dense methods: SVD step at the input rank is lossless here
         neg = merge_adapters([a], method, tmp_path / f"{method}_neg", weights=[-1.0], params=params)
@@ -158,12 +158,12 @@ def test_dare_independent_of_module_order_and_presence(tmp_path):
     fa, fb, fc = _f(8, 6, seed=1), _f(8, 6, seed=2), _f(5, 6, seed=3)
     full = _custom(tmp_path / "full", {"layers.0.a": fa, "layers.0.b": fb, "layers.1.c": fc})
     part = _custom(tmp_path / "part", {"layers.0.b": fb})
-    params = {"drop_rate": 0.5, "seed": 11}
+    params = {"density": 0.5, "seed": 11}
     o1 = read_adapter(merge_adapters([full], "dare_linear", tmp_path / "o1", params=params, rank=6))
     o2 = read_adapter(merge_adapters([part], "dare_linear", tmp_path / "o2", params=params, rank=6))
     assert torch.allclose(o1.modules["layers.0.b"].delta(), o2.modules["layers.0.b"].delta(), atol=1e-6)
     assert (o1.modules["layers.0.b"].delta() - fb.delta()).abs().max() > 0.1  # entries were dropped
-    o3 = read_adapter(merge_adapters([part], "dare_linear", tmp_path / "o3", params={"drop_rate": 0.5, "seed": 12}, rank=6))
+    o3 = read_adapter(merge_adapters([part], "dare_linear", tmp_path / "o3", params={"density": 0.5, "seed": 12}, rank=6))
     assert not torch.allclose(o3.modules["layers.0.b"].delta(), o2.modules["layers.0.b"].delta())
 
 
@@ -231,9 +231,22 @@ def test_cli_merge_and_ls(adapters, tmp_path, capsys):
     assert rc == 2 and "did you mean 'ties'" in capsys.readouterr().err
     rc = main(["merge", "--method", "linear", "--adapters", a, b, "--weights", "1", "--out", str(tmp_path / "x")])
     assert rc == 2 and "2 adapters" in capsys.readouterr().err
+    # method options as flags from the method's spec, the same as --param
+    rc = main(["merge", "--method", "ties", "--adapters", a, b, "--weights", "0.7", "-0.3", "--density", "0.5",
+               "--rank", "4", "--out", str(tmp_path / "flags")])
+    assert rc == 0
+    for m, f in read_adapter(tmp_path / "flags").modules.items():
+        assert torch.allclose(f.delta(), read_adapter(tmp_path / "o").modules[m].delta(), atol=1e-6)
+    rc = main(["merge", "--method", "linear", "--adapters", a, b, "--density", "0.5", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "unrecognized arguments: --density 0.5 (options of linear: none)" in capsys.readouterr().err
+    rc = main(["merge", "--method", "dare_linear", "--adapters", a, b, "--drop-rate", "0.5", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "renamed to 'density' (the kept fraction: density = 1 - drop_rate)" in capsys.readouterr().err
+    rc = main(["merge", "--method", "ties", "--adapters", a, b, "--density", "2", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "density: input should be less than or equal to 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["ls", "methods"]) == 0
     table = capsys.readouterr().out
-    for line_start, needle in [("ties ", "density=0.2"), ("dare_linear ", "drop_rate=0.9, seed=0"),
+    for line_start, needle in [("ties ", "density=0.2"), ("dare_linear ", "density"),
                                ("task_arithmetic ", "scaling_coef=1.0"), ("linear ", "Ilharco")]:
         line = next(ln for ln in table.splitlines() if ln.startswith(line_start))
         assert needle in line

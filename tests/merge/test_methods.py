@@ -14,11 +14,11 @@ from lorasoups.types import LoraFactors
 D_OUT, D_IN = 12, 10
 MERGE_METHODS = sorted(merge_methods())
 # parameter values that make every method lossless (no trim, no drop, λ = 1)
-LOSSLESS = {"density": 1.0, "drop_rate": 0.0, "scaling_coef": 1.0}
+LOSSLESS = {"density": 1.0, "trim_density": 1.0, "scaling_coef": 1.0}
 
 
 def rand_factors(r=4, scale=0.5, seed=0, d_out=D_OUT, d_in=D_IN, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed % (1 << 63))
     return LoraFactors(A=torch.randn(r, d_in, generator=g).to(dtype), B=torch.randn(d_out, r, generator=g).to(dtype),
                        scale=scale)
 
@@ -162,14 +162,43 @@ def test_magnitude_prune_hand_built():
     assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_dare_drop_rate_zero_equals_undropped():
+def test_dare_density_one_equals_undropped():
     fs = [rand_factors(seed=12), rand_factors(seed=13, scale=2.0)]
     w = [0.6, -0.9]
-    assert (run("dare_linear", fs, w, {"drop_rate": 0.0, "seed": 5}) - run("linear", fs, w)).abs().max() <= 1e-5
-    for density in (1.0, 0.3):
-        a = run("dare_ties", fs, w, {"drop_rate": 0.0, "density": density, "seed": 5})
-        b = run("ties", fs, w, {"density": density})
+    assert (run("dare_linear", fs, w, {"density": 1.0, "seed": 5}) - run("linear", fs, w)).abs().max() <= 1e-5
+    for trim in (1.0, 0.3):
+        a = run("dare_ties", fs, w, {"density": 1.0, "trim_density": trim, "seed": 5})
+        b = run("ties", fs, w, {"density": trim})
         assert torch.equal(a, b)
+
+
+def _old_drop_rate_dare(deltas: torch.Tensor, drop_rate: float, seed: int) -> torch.Tensor:
+    """The former ``drop_rate`` formula, written out: keep u ≥ p (u uniform from a private generator,
+    one mask per adapter in order), rescale by 1/(1 − p)."""
+    g = torch.Generator().manual_seed(seed % (1 << 63))
+    keep = torch.stack([torch.rand(deltas.shape[1:], generator=g) >= drop_rate for _ in deltas])
+    return deltas * keep / (1.0 - drop_rate)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.7])
+def test_dare_density_equals_old_drop_rate(density):
+    """density d (kept fraction) gives the result the former option drop_rate = 1 - d gave."""
+    from lorasoups.merge.driver import module_seed
+    from lorasoups.merge.ties import ties_merge
+
+    fs = [rand_factors(seed=40), rand_factors(seed=41, scale=2.0), rand_factors(seed=42, scale=-1.0)]
+    w = [0.5, 1.0, 0.8]
+    d = torch.stack([f.delta() for f in fs])  # (n, d_out, d_in)
+    old = _old_drop_rate_dare(d, 1.0 - density, module_seed(9, "m"))
+    got = run("dare_linear", fs, w, {"density": density, "seed": 9}, module="m")
+    assert torch.allclose(got, torch.einsum("n,nij->ij", torch.tensor(w), old), atol=1e-5)
+    got = run("dare_ties", fs, w, {"density": density, "trim_density": 0.5, "seed": 9}, module="m")
+    assert torch.allclose(got, ties_merge(old, torch.tensor(w), 0.5), atol=1e-5)
+    # about (1 - density) of one adapter's entries are dropped
+    one = run("dare_linear", fs[:1], [1.0], {"density": density, "seed": 9}, module="m")
+    assert abs((one == 0).float().mean().item() - (1.0 - density)) < 0.1
+    with pytest.raises(ConfigError, match="renamed to 'density' .*density = 1 - drop_rate"):
+        resolve_params(get_merge_method("dare_linear"), {"drop_rate": 1.0 - density})
 
 
 def test_dare_mean_over_seeds_approaches_linear():
@@ -177,7 +206,7 @@ def test_dare_mean_over_seeds_approaches_linear():
     w = [0.6, 0.4]
     lin = run("linear", fs, w)
     info = get_merge_method("dare_linear")
-    p = resolve_params(info, {"drop_rate": 0.5})
+    p = resolve_params(info, {"density": 0.5})
     draws = [merge_module(info, fs, w, p, f"layers.{s}.q_proj") for s in range(2000)]
     single = draws[0]
     mean = torch.stack(draws).mean(0)
@@ -185,7 +214,7 @@ def test_dare_mean_over_seeds_approaches_linear():
     assert (single - lin).abs().max() > 0.3 * scale  # one draw is far from linear
     assert (mean - lin).abs().max() < 0.1 * scale  # std of the mean ≈ 2.2 % here
     # drop rate: about half the entries of one adapter's dropped delta are zero
-    one = run("dare_linear", fs[:1], [1.0], {"drop_rate": 0.5, "seed": 1})
+    one = run("dare_linear", fs[:1], [1.0], {"density": 0.5, "seed": 1})
     frac = (one == 0).float().mean().item()
     assert 0.35 < frac < 0.65
 
@@ -194,9 +223,9 @@ def test_module_seed_depends_on_module_and_seed_only():
     assert module_seed(0, "a.q") == module_seed(0, "a.q")
     assert module_seed(0, "a.q") != module_seed(1, "a.q") != module_seed(0, "a.k")
     fs = [rand_factors(seed=16)]
-    a = run("dare_linear", fs, [1.0], {"drop_rate": 0.5, "seed": 3}, module="x")
-    b = run("dare_linear", fs, [1.0], {"drop_rate": 0.5, "seed": 3}, module="x")
-    c = run("dare_linear", fs, [1.0], {"drop_rate": 0.5, "seed": 3}, module="y")
+    a = run("dare_linear", fs, [1.0], {"density": 0.5, "seed": 3}, module="x")
+    b = run("dare_linear", fs, [1.0], {"density": 0.5, "seed": 3}, module="x")
+    c = run("dare_linear", fs, [1.0], {"density": 0.5, "seed": 3}, module="y")
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -205,17 +234,19 @@ def test_params_validation():
     assert resolve_params(info, {"density": "0.5"}) == {"density": 0.5}
     with pytest.raises(ConfigError, match="did you mean 'density'"):
         resolve_params(info, {"densty": 0.5})
-    with pytest.raises(ConfigError, match="expected a number"):
+    with pytest.raises(ConfigError, match="valid number"):
         resolve_params(info, {"density": "lots"})
     assert resolve_params(get_merge_method("dare_linear"), {"seed": "7"})["seed"] == 7
     with pytest.raises(ConfigError, match="integer"):
         resolve_params(get_merge_method("dare_linear"), {"seed": "1.5"})
-    with pytest.raises(ConfigError, match="no parameter"):
+    with pytest.raises(ConfigError, match="unknown option"):
         resolve_params(get_merge_method("linear"), {"density": 1})
-    with pytest.raises(ConfigError, match="density"):
-        run("ties", [rand_factors()], [1.0], {"density": 0.0})
-    with pytest.raises(ConfigError, match="drop_rate"):
-        run("dare_linear", [rand_factors()], [1.0], {"drop_rate": 1.0})
+    with pytest.raises(ConfigError, match="density: input should be greater than 0"):
+        resolve_params(info, {"density": 0.0})
+    with pytest.raises(ConfigError, match="density: input should be less than or equal to 1"):
+        resolve_params(get_merge_method("dare_linear"), {"density": 1.5})
+    with pytest.raises(ConfigError, match="scaling_coef"):
+        resolve_params(get_merge_method("task_arithmetic"), {"scaling_coef": float("inf")})
     with pytest.raises(ConfigError, match="did you mean 'ties'"):
         get_merge_method("tie")
 
@@ -274,7 +305,7 @@ def test_blockwise_equals_whole_matrix(name, monkeypatch):
     import lorasoups.merge.magnitude_prune as mp
 
     fs = [rand_factors(seed=30), rand_factors(seed=31, scale=2.0), rand_factors(seed=32, scale=-1.0)]
-    params = {"density": 0.3} if name != "dare_ties" else {"density": 0.5, "drop_rate": 0.3}
+    params = {"density": 0.3} if name != "dare_ties" else {"density": 0.7, "trim_density": 0.5}
     whole = run(name, fs, [0.5, 1.0, 0.8], params)
     monkeypatch.setattr(mp, "BLOCK_ELEMENTS", 7)  # one row (D_IN = 10) per block
     blocks = run(name, fs, [0.5, 1.0, 0.8], params)

@@ -29,6 +29,30 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _methods_listing() -> str:
+    """The methods table, then each method's options (type, default, range, unit, help) from its spec."""
+    import inspect
+    import textwrap
+
+    from ..methods import load_methods
+
+    rows, details = [], []
+    for n, m in load_methods().items():
+        if m.options is not None:
+            opts = [o for o in m.options.describe() if o.name not in _PLUMBING]
+            ps = ", ".join(f"{o.name}={o.default}" for o in opts)
+            details.append(f"{n}:" + ("" if opts else " no options"))
+            details += [f"  --{o.name.replace('_', '-')}  {o.type} = {o.default!r}"
+                        + (f"  [{o.constraint}]" if o.constraint else "") + (f" {o.unit}" if o.unit else "")
+                        + f"\n      {o.help}" for o in opts]
+        else:  # registered without an option spec yet: its keyword parameters
+            ps = ", ".join(f"{k}={'(required)' if v is inspect.Parameter.empty else v}"
+                           for k, v in m.params.items() if k not in _PLUMBING)
+        rows.append([n, m.kind, m.space, "\n".join(textwrap.wrap(ps, 60)) or "-", "\n".join(textwrap.wrap(m.reference, 48))])
+    table = _table(rows, ["name", "kind", "space", "parameters", "reference"])
+    return table + "\n\nOptions (a config's `params:`; also command-line flags of `lorasoups merge` or of the method's own command):\n" + "\n".join(details)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.what == "models":
         from ..models import EMBEDDED, embedded_path, is_prepared
@@ -49,19 +73,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append([n, cnt, d.kind, lic])
         print(_table(rows, ["name", "records", "kind", "license"]))
     elif args.what == "methods":
-        import inspect as _inspect
-
-        from ..methods import load_methods
-
-        import textwrap
-
-        rows = []
-        for n, m in load_methods().items():
-            ps = ", ".join(f"{k}={'(required)' if v is _inspect.Parameter.empty else v}"
-                           for k, v in m.params.items() if k not in _PLUMBING)
-            rows.append([n, m.kind, m.space, "\n".join(textwrap.wrap(ps, 60)) or "-",
-                         "\n".join(textwrap.wrap(m.reference, 48))])
-        print(_table(rows, ["name", "kind", "space", "parameters", "reference"]))
+        print(_methods_listing())
     elif args.what == "tasks":
         from ..eval.registry import load_tasks
 

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "method_args"):  # ``merge --method ties --density 0.5``: flags of the method's spec
+        args.method_args, extra = extra, []
     if extra:
         # ``run CONFIG --preset cpu key=value``: overrides may follow the options too.
         if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(sub) -> None:
@@ -15,16 +14,16 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import live_schemas, load_config, preset_names
+    from ..config import known_names, load_config, preset_names
     from ..errors import ConfigError
 
-    schemas = live_schemas()
+    known = known_names()
     presets = [args.preset] if args.preset else [None] + preset_names(args.config)
     problems: list[tuple[str, list[str]]] = []
     ok: list[str] = []
     for pr in presets:
         try:
-            cfg = load_config(args.config, preset=pr, overrides=args.overrides, schemas=schemas)
+            cfg = load_config(args.config, preset=pr, overrides=args.overrides, known=known)
         except ConfigError as e:
             # the same mistake shows in every preset: report it once, with the presets it affects
             for item in e.problems:
@@ -39,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
         n_steps = len({s for m in cfg.methods for s in m.skills if m.kind != "trained"})
         ok.append(f"{pr or '(no preset)'}: {len(cfg.skills)} skills, {len(cfg.methods)} methods, "
                   f"{len(cfg.tasks)} tasks, {len(cfg.columns)} report columns; trains {n_steps} skill LoRAs")
-    for note in schemas.notes:
-        print(f"note: {note}", file=sys.stderr)
     if problems:
         n = len(problems)
         lines = [f"  - {it}" + (f"   [{', '.join(wh)}]" if len(presets) > 1 else "") for it, wh in problems]

@@ -34,65 +34,20 @@ from typing import Any, Iterable, Iterator, Sequence
 from ..errors import ConfigError, DataError
 from ..progress import bar as _bar
 from .metrics import Metric, mean_stderr
+from .options import EvalOptions
 from .registry import Item, Task, get_task, load_tasks
 from .samples import _finite, read_samples, write_samples
 
-OPTION_DEFAULTS: dict[str, Any] = {
-    "limit": None,               # items per task (per format for prompt_formats)
-    "shots": None,               # few-shot demos (default: the task's; clamped to what it has)
-    "batch_size": 16,
-    "max_new_tokens": None,      # default: the task's
-    "allow_code_execution": False,
-    "generate": True,            # False: likelihood metrics only (no generation, no execution)
-    "likelihood": True,
-    "backend": "hf",             # hf | vllm | auto (vllm when installed and on CUDA, else hf)
-    "device": "auto",            # auto | cpu | cuda | cuda:N
-    "precision": "auto",         # auto | bf16 | fp32 (autocast; overridden by an explicit bf16)
-    "prefix_cache": True,
-    "bf16": None,                # None: autocast to bf16 where the CPU supports it
-    "merge_lora": True,
-    "data_dir": None,
-    "timeout_s": None,           # per program (default: the task's)
-    "sandbox_workers": None,
-    "sandbox_isolation": "auto",  # auto | bwrap | bwrap-userns | weak (explicit opt-in; docs/sandbox.md)
-    "overwrite": False,
-    "rescore": None,             # a previous output folder: re-score its completions, no model
-    "progress": False,
-}
+OPTION_DEFAULTS: dict[str, Any] = {k: f.default for k, f in EvalOptions.model_fields.items()}
 
 
 def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``options``.
+    """Defaults merged with ``options``, validated by :class:`~lorasoups.eval.options.EvalOptions`.
 
     Raises:
         ConfigError: unknown option names or invalid values (every problem listed).
     """
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
-    problems = [f"unknown evaluation option {k!r}" for k in unknown]
-    o = {**OPTION_DEFAULTS, **{k: v for k, v in options.items() if k in OPTION_DEFAULTS}}
-    for k in ("limit", "max_new_tokens", "sandbox_workers"):
-        if o[k] is not None and (not isinstance(o[k], int) or o[k] < 1):
-            problems.append(f"{k} must be a positive integer, got {o[k]!r}")
-    if o["shots"] is not None and (not isinstance(o["shots"], int) or o["shots"] < 0):
-        problems.append(f"shots must be a non-negative integer, got {o['shots']!r}")
-    if not isinstance(o["batch_size"], int) or o["batch_size"] < 1:
-        problems.append(f"batch_size must be a positive integer, got {o['batch_size']!r}")
-    if o["backend"] not in ("hf", "vllm", "auto"):
-        problems.append(f"backend must be hf, vllm or auto, got {o['backend']!r}")
-    if o["precision"] not in (None, "auto", "bf16", "fp32"):
-        problems.append(f"precision must be auto, bf16 or fp32, got {o['precision']!r}")
-    from ..devices import _DEVICE_RE
-
-    if o["device"] is not None and not _DEVICE_RE.match(str(o["device"]).lower()):
-        problems.append(f"device must be auto, cpu, cuda or cuda:N, got {o['device']!r}")
-    if o["sandbox_isolation"] not in ("auto", "bwrap", "bwrap-userns", "weak"):
-        problems.append(f"sandbox_isolation must be auto, bwrap, bwrap-userns or weak, got {o['sandbox_isolation']!r}")
-    if o["timeout_s"] is not None and float(o["timeout_s"]) <= 0:
-        problems.append("timeout_s must be positive")
-    if problems:
-        raise ConfigError("invalid evaluation options: " + "; ".join(problems)
-                          + f". Known options: {', '.join(sorted(OPTION_DEFAULTS))}", problems)
-    return o
+    return EvalOptions.parse(options, where="eval").model_dump()
 
 
 def expand_task_names(names: Iterable[str] | str) -> list[str]:

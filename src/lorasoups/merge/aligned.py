@@ -3,23 +3,23 @@
 Both methods rewrite every ΔW_i = s_i B_i A_i in one basis shared by the n adapters, run an
 *inner* merge (``linear``, ``ties``, ``dare_ties`` or ``dare_linear``, the same pure functions as the
 registered methods of those names) on the stacked per-adapter coordinates, and map the result back.
-This module holds the inner-merge dispatch, its parameter checks, and the rank-revealing
+This module holds the inner-merge dispatch, the options (:class:`AlignedOptions`), and the rank-revealing
 orthonormal basis used by both.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
+from pydantic import model_validator
 
-from ..errors import ConfigError
-from ..methods import signature_params
-from ..registry import suggest
+from ..spec import Spec, opt
 from ..types import LoraFactors
-from .dare_linear import dare_linear
-from .dare_ties import dare_ties
-from .ties import ties
+from .dare_linear import DareOptions, dare_linear
+from .dare_ties import DareTiesOptions, dare_ties
+from .magnitude_prune import density_opt
+from .ties import TiesOptions, ties
 
 INNER_MERGES = ("linear", "ties", "dare_ties", "dare_linear")
 # Rounding level of fp32 inputs seen through fp64 bases. Singular values ≤ RANK_RTOL · σ_1 are
@@ -37,42 +37,42 @@ def _linear_stack(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 _INNER_FNS: dict[str, Callable[..., torch.Tensor]] = {
     "linear": _linear_stack, "ties": ties, "dare_ties": dare_ties, "dare_linear": dare_linear}
+_INNER_OPTIONS: dict[str, frozenset[str]] = {
+    "linear": frozenset(), "ties": frozenset(TiesOptions.model_fields),
+    "dare_linear": frozenset(DareOptions.model_fields), "dare_ties": frozenset(DareTiesOptions.model_fields)}
 
 
-def inner_kwargs(method: str, inner: str, density: float | None, drop_rate: float | None,
-                 seed: int) -> dict[str, Any]:
-    """Keyword arguments for the inner merge, with the inner method's own defaults filled in.
+class AlignedOptions(Spec):
+    """Options of ``knots`` and ``core_space``: the inner merge and the options passed on to it."""
+
+    renamed = DareOptions.renamed
+    rename_hints = DareOptions.rename_hints
+    inner: Literal["linear", "ties", "dare_ties", "dare_linear"] = opt("ties", "merge run in the shared basis")
+    density: Optional[float] = density_opt(None, "the inner merge's density (ties: trim; dare_*: DARE kept "
+                                                 "fraction); none = that method's default")
+    trim_density: Optional[float] = density_opt(None, "dare_ties only: the TIES trim after DARE (none = 1.0)")
+    seed: int = opt(0, "DARE seed (the driver derives one per module)")
+
+    @model_validator(mode="after")
+    def _inner_takes(self) -> "AlignedOptions":
+        takes = _INNER_OPTIONS[self.inner]
+        for key in ("density", "trim_density"):
+            if getattr(self, key) is not None and key not in takes:
+                raise ValueError(f"inner merge {self.inner!r} has no option {key!r} "
+                                 f"(it takes: {', '.join(sorted(takes - {'seed'})) or 'none'})")
+        return self
+
+
+def inner_kwargs(inner: str, density: float | None, trim_density: float | None, seed: int) -> dict[str, Any]:
+    """Keyword arguments for the inner merge: the given options it takes (others left at its defaults).
 
     Args:
-        method: the outer method's name (error messages).
-        inner: one of :data:`INNER_MERGES`.
-        density: TIES trim density or None (= the inner method's default: ``ties`` 0.2,
-            ``dare_ties`` 1.0); only ``ties``/``dare_ties`` take it.
-        drop_rate: DARE drop probability or None (= default 0.9); only ``dare_*`` take it.
-        seed: DARE seed (ignored by ``linear``/``ties``).
-
-    Returns:
-        dict of the parameters the inner function accepts (values are checked by it).
-
-    Raises:
-        ConfigError: unknown ``inner`` (with "did you mean"), or ``density``/``drop_rate`` set for an
-            inner merge that has no such parameter.
+        inner: one of :data:`INNER_MERGES` (the combination is checked by :class:`AlignedOptions`).
+        density, trim_density: passed on when not None.
+        seed: DARE seed (passed to ``dare_*`` only).
     """
-    if inner not in _INNER_FNS:
-        raise ConfigError(f"{method}: unknown inner merge {inner!r}{suggest(str(inner), INNER_MERGES)}; "
-                          f"choose one of {', '.join(INNER_MERGES)}")
-    accepted = signature_params(_INNER_FNS[inner]) if inner != "linear" else {}
-    out: dict[str, Any] = {}
-    for key, value in (("density", density), ("drop_rate", drop_rate)):
-        if key in accepted:
-            if value is not None:
-                out[key] = value
-        elif value is not None:
-            raise ConfigError(f"{method}: inner merge {inner!r} has no parameter {key!r} "
-                              f"(it takes: {', '.join(accepted) or 'none'})")
-    if "seed" in accepted:
-        out["seed"] = int(seed)
-    return out
+    given = {"density": density, "trim_density": trim_density, "seed": int(seed)}
+    return {k: v for k, v in given.items() if k in _INNER_OPTIONS[inner] and v is not None}
 
 
 def inner_merge(stack: torch.Tensor, weights: Sequence[float], inner: str, kwargs: dict[str, Any]) -> torch.Tensor:

@@ -12,10 +12,11 @@ from typing import Sequence
 import torch
 
 from ..methods import register_method
+from ..spec import NoOptions
 from ..types import LoraFactors
 
 
-@register_method("concat", kind="merge", space="concat",
+@register_method("concat", options=NoOptions, kind="merge", space="concat",
                  reference="Prabhakar et al. 2024 (LoRA Soups, CAT final form); PEFT combination_type='cat'",
                  description="exact rank-sum LoRA: A'=[A_1;...;A_n], B'=[w_1 s_1 B_1|...|w_n s_n B_n]")
 def concat_factors(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:

@@ -26,7 +26,7 @@ import torch
 
 from ..methods import register_method
 from ..types import LoraFactors
-from .aligned import column_basis, inner_kwargs, inner_merge, present
+from .aligned import AlignedOptions, column_basis, inner_kwargs, inner_merge, present
 
 
 def core_bases(factors: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,13 +49,13 @@ def core_project(f: LoraFactors, U_B: torch.Tensor, V_A: torch.Tensor) -> torch.
     return ((U_B.T @ f.B.double()) @ (f.A.double() @ V_A)) * float(f.scale)
 
 
-@register_method("core_space", kind="merge", space="aligned",
+@register_method("core_space", kind="merge", space="aligned", options=AlignedOptions,
                  reference="Panariello et al. 2025 (Core Space merging, NeurIPS 2025, arXiv 2509.17786)",
                  description="project each B_i A_i into the Σr×Σr core of the stacked-B / stacked-A SVD bases, "
                              "merge there with `inner`, map back (exact LoRA, rank ≤ Σr)")
 def core_space(factors: Sequence[Optional[LoraFactors]], weights: Sequence[float], *,
                inner: Literal["linear", "ties", "dare_ties", "dare_linear"] = "ties",
-               density: Optional[float] = None, drop_rate: Optional[float] = None, seed: int = 0) -> LoraFactors:
+               density: Optional[float] = None, trim_density: Optional[float] = None, seed: int = 0) -> LoraFactors:
     """Core Space merge of one module (see the module docstring for the steps and shapes).
 
     Args:
@@ -64,19 +64,19 @@ def core_space(factors: Sequence[Optional[LoraFactors]], weights: Sequence[float
         weights: w_i per adapter (applied by the inner merge, as in the method of that name).
         inner: the merge run on the cores M_i: ``linear`` (Σ w_i M_i), ``ties``, ``dare_ties``,
             ``dare_linear``.
-        density: TIES trim density for ``ties``/``dare_ties`` (None = that method's default); the
-            top-density entries are chosen among the k_B · k_A entries of each M_i.
-        drop_rate: DARE drop probability for ``dare_*`` (None = default 0.9).
+        density: the inner merge's density (``ties``: trim; ``dare_*``: DARE kept fraction; None =
+            that method's default); a TIES trim picks its
+            entries among the k_B · k_A entries of each M_i.
+        trim_density: ``dare_ties`` only: its TIES trim (None = 1.0, no trim).
         seed: DARE seed (the driver derives one per module).
 
     Returns:
         LoraFactors (fp32, scale 1) of rank min(k_B, k_A) ≤ Σ r_i with ``delta()`` = U_B M V_Aᵀ.
 
     Raises:
-        ConfigError: unknown ``inner`` or a parameter it does not take, or an out-of-range value.
         ValueError: no adapter has the module, or ΔW shapes differ.
     """
-    kw = inner_kwargs("core_space", inner, density, drop_rate, seed)
+    kw = inner_kwargs(inner, density, trim_density, seed)
     fs, w = present(factors, weights)
     U_B, V_A = core_bases(fs)  # (d_out, k_B), (d_in, k_A)
     cores = torch.stack([core_project(f, U_B, V_A) for f in fs]).float()  # (n, k_B, k_A)

@@ -1,35 +1,40 @@
-"""``dare_ties``: DARE's drop and rescale (Yu et al. 2023) followed by TIES (Yadav et al. 2023)."""
+"""``dare_ties``: DARE's drop and rescale (Yu et al. 2023) followed by TIES (Yadav et al. 2023).
+
+``density`` is DARE's kept fraction (as in ``dare_linear``, PEFT and mergekit); the TIES trim that
+may follow is ``trim_density`` (default 1.0: no trim, DARE already sparsifies).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from ..methods import register_method
-from .dare_linear import check_drop_rate, drop_and_rescale
-from .magnitude_prune import check_density
+from .dare_linear import DareOptions, drop_and_rescale
+from .magnitude_prune import density_opt
 from .ties import ties_merge
 
 
-@register_method("dare_ties", kind="merge", space="delta", reference="Yu et al. 2023 (DARE) + Yadav et al. 2023 (TIES)",
-                 description="DARE drop and rescale, then TIES (trim to density, elect sign, disjoint mean)")
-def dare_ties(deltas: torch.Tensor, weights: torch.Tensor, *, drop_rate: float = 0.9, density: float = 1.0,
+class DareTiesOptions(DareOptions):
+    trim_density: float = density_opt(1.0, "fraction of each dropped-and-rescaled ΔW_i kept by the TIES trim "
+                                           "(1.0: no trim, only sign election and disjoint mean)")
+
+
+@register_method("dare_ties", kind="merge", space="delta", options=DareTiesOptions,
+                 reference="Yu et al. 2023 (DARE) + Yadav et al. 2023 (TIES)",
+                 description="DARE drop (keep density) and rescale, then TIES (trim to trim_density, elect sign, "
+                             "disjoint mean)")
+def dare_ties(deltas: torch.Tensor, weights: torch.Tensor, *, density: float = 0.1, trim_density: float = 1.0,
               seed: int = 0) -> torch.Tensor:
     """DARE then TIES.
 
     Args:
         deltas: ΔW_i stacked, (n, d_out, d_in) fp32 (zeros where an adapter lacks the module).
         weights: (n,) fp32.
-        drop_rate: DARE drop probability p in [0, 1).
-        density: TIES trim density applied after DARE; 1.0 (default) skips the trim, since DARE
-            already sparsifies, leaving sign election and disjoint mean.
+        density: DARE kept fraction q in (0, 1] (dropped entries: 1 − q; survivors × 1/q).
+        trim_density: TIES trim density applied after DARE, in (0, 1]; 1.0 (default) skips the trim.
         seed: random seed (the driver derives one per module from this and the module name).
 
     Returns:
         merged ΔW, (d_out, d_in) fp32.
-
-    Raises:
-        ConfigError: drop_rate outside [0, 1) or density outside (0, 1].
     """
-    check_drop_rate(drop_rate, "dare_ties")
-    check_density(density, "dare_ties")
-    return ties_merge(drop_and_rescale(deltas, drop_rate, seed), weights, density)
+    return ties_merge(drop_and_rescale(deltas, density, seed), weights, trim_density)

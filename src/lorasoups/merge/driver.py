@@ -10,7 +10,6 @@ grow with the number of layers.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -63,65 +62,31 @@ def get_merge_method(name: str) -> MethodInfo:
     return methods[name]
 
 
-def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
-    """Convert ``value`` (often a CLI string) to the type of ``default``."""
-    where = f"method {method!r} parameter {key!r}"
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(default, int):
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if not math.isfinite(f) or f != int(f):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(f)
-    if isinstance(default, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(f):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return f
-    if isinstance(default, str):
-        return str(value)
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+def _from_text(value: Any) -> Any:
+    """A CLI string read as YAML (``0.5`` -> float, ``none`` -> None, ``[1, 2]`` -> list); others unchanged."""
+    if not isinstance(value, str):
+        return value
+    from ..config import parse_yaml
+
+    try:
+        out = parse_yaml(value)
+    except ConfigError:
+        return value
+    return None if isinstance(out, str) and out.lower() == "none" else out
 
 
 def resolve_params(info: MethodInfo, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Method parameters with defaults filled in and values converted to the defaults' types.
+    """Method options with defaults filled in, validated once by the method's option spec
+    (``info.options``; CLI strings are read as YAML first: ``"0.5"`` -> 0.5).
 
     Raises:
-        ConfigError: unknown parameter (with "did you mean"), a value of the wrong type, or a
-            required parameter left unset.
+        ConfigError: every problem: unknown or renamed option (with "did you mean" / the new name),
+            wrong type, out of range, not one of the choices.
     """
-    defaults = dict(info.params)
-    out = {k: v for k, v in defaults.items()}
-    for k, v in (params or {}).items():
-        if k not in defaults:
-            known = ", ".join(f"{p}={d}" for p, d in defaults.items()) or "none"
-            raise ConfigError(f"method {info.name!r} has no parameter {k!r}{suggest(k, list(defaults))}; "
-                              f"its parameters: {known}")
-        out[k] = _coerce(info.name, k, v, defaults[k])
-    missing = [k for k, v in out.items() if v is inspect.Parameter.empty]
-    if missing:
-        raise ConfigError(f"method {info.name!r}: required parameter(s) {', '.join(missing)} not set")
-    return out
+    from ..spec import NoOptions
+
+    given = {k: _from_text(v) for k, v in (params or {}).items()}
+    return (info.options or NoOptions).parse(given, where=info.name).model_dump()
 
 
 def parse_param_args(items: Sequence[str] | None) -> dict[str, str]:

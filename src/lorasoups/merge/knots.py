@@ -29,7 +29,7 @@ import torch
 
 from ..methods import register_method
 from ..types import LoraFactors
-from .aligned import RANK_RTOL, inner_kwargs, inner_merge, present
+from .aligned import AlignedOptions, RANK_RTOL, inner_kwargs, inner_merge, present
 
 
 def knots_svd(factors: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -62,13 +62,13 @@ def knots_svd(factors: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tenso
     return U, S[:k], Vhs
 
 
-@register_method("knots", kind="merge", space="aligned",
+@register_method("knots", kind="merge", space="aligned", options=AlignedOptions,
                  reference="Stoica et al. 2024 (KnOTS, arXiv 2410.19735)",
                  description="SVD of [ΔW_1|…|ΔW_n] = UΣ[V_1|…|V_n]ᵀ from the factors, merge the V_i with `inner` "
                              "in the shared UΣ basis (exact LoRA, rank ≤ Σr)")
 def knots(factors: Sequence[Optional[LoraFactors]], weights: Sequence[float], *,
           inner: Literal["linear", "ties", "dare_ties", "dare_linear"] = "ties",
-          density: Optional[float] = None, drop_rate: Optional[float] = None, seed: int = 0) -> LoraFactors:
+          density: Optional[float] = None, trim_density: Optional[float] = None, seed: int = 0) -> LoraFactors:
     """KnOTS merge of one module (see the module docstring for the steps and shapes).
 
     Args:
@@ -77,19 +77,19 @@ def knots(factors: Sequence[Optional[LoraFactors]], weights: Sequence[float], *,
         weights: w_i per adapter (applied by the inner merge, as in the method of that name).
         inner: the merge run on the V_iᵀ (k, d_in): ``linear`` (Σ w_i V_iᵀ), ``ties``, ``dare_ties``,
             ``dare_linear``.
-        density: TIES trim density for ``ties``/``dare_ties`` (None = that method's default); the
-            top-density entries are chosen among the k · d_in entries of each V_iᵀ.
-        drop_rate: DARE drop probability for ``dare_*`` (None = default 0.9).
+        density: the inner merge's density (``ties``: trim; ``dare_*``: DARE kept fraction; None =
+            that method's default); a TIES trim picks its
+            entries among the k · d_in entries of each V_iᵀ.
+        trim_density: ``dare_ties`` only: its TIES trim (None = 1.0, no trim).
         seed: DARE seed (the driver derives one per module).
 
     Returns:
         LoraFactors (fp32, scale 1) of rank k ≤ Σ r_i: B = U Σ (d_out, k), A = V_mergedᵀ (k, d_in).
 
     Raises:
-        ConfigError: unknown ``inner`` or a parameter it does not take, or an out-of-range value.
         ValueError: no adapter has the module, or ΔW shapes differ.
     """
-    kw = inner_kwargs("knots", inner, density, drop_rate, seed)
+    kw = inner_kwargs(inner, density, trim_density, seed)
     fs, w = present(factors, weights)
     U, S, Vhs = knots_svd(fs)  # (d_out, k), (k,), n × (k, d_in)
     V_merged_T = inner_merge(torch.stack(Vhs).float(), w, inner, kw)  # (k, d_in)

@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..methods import register_method
+from ..spec import NoOptions
 from ..types import LoraFactors
 from .concat import concat_factors
 
 
-@register_method("linear", kind="merge", space="concat", default_weights="mean",
+@register_method("linear", options=NoOptions, kind="merge", space="concat", default_weights="mean",
                  reference="Wortsman et al. 2022 (model soups); Ilharco et al. 2023 (task arithmetic)",
                  description="Σ w_i ΔW_i, exact rank-sum LoRA; default w_i = 1/n (the average, a model soup)")
 def linear(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:

@@ -15,10 +15,11 @@ from typing import Sequence
 import torch
 
 from ..methods import register_method
+from ..spec import NoOptions
 from ..types import LoraFactors
 
 
-@register_method("linear_factors", kind="merge", space="factors",
+@register_method("linear_factors", options=NoOptions, kind="merge", space="factors",
                  reference="Huang et al. 2023 (LoRA Hub) factor-space combination; baseline only (inexact)",
                  description="(Σ w_i s_i B_i)(Σ w_i A_i): inexact factor-space baseline (cross terms, weights squared)")
 def linear_factors(factors: Sequence[LoraFactors | None], weights: Sequence[float]) -> LoraFactors:

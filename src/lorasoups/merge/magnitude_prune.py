@@ -9,21 +9,23 @@ global threshold per ΔW_i, so temporaries stay small.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
 
-from ..errors import ConfigError
 from ..methods import register_method
+from ..spec import Spec, opt
 
 BLOCK_ELEMENTS = 1 << 20  # entries per row block in blockwise element-wise steps
 
 
-def check_density(density: float, method: str) -> None:
-    """Raise ConfigError unless 0 < density ≤ 1."""
-    if not (isinstance(density, (int, float)) and math.isfinite(density) and 0.0 < density <= 1.0):
-        raise ConfigError(f"{method}: density must be in (0, 1], got {density!r}")
+def density_opt(default: float | None, help: str) -> float | None:
+    """A kept-fraction option (0 < x ≤ 1): ``density`` of ties / magnitude_prune / DARE, ``trim_density``."""
+    return opt(default, help, gt=0, le=1)
+
+
+class MagnitudePruneOptions(Spec):
+    density: float = density_opt(0.2, "fraction of the entries of each ΔW_i kept, by magnitude")
 
 
 def keep_count(numel: int, density: float) -> int:
@@ -45,19 +47,6 @@ def trim_threshold(delta: torch.Tensor, density: float) -> float | None:
     flat = delta.detach().abs().reshape(-1).float().cpu().numpy()  # (numel,), a fresh copy
     flat.partition(n - k)  # introselect in place: O(numel), exact
     return float(flat[n - k])
-
-
-def trim_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask of the top-``density`` entries of ``delta`` by |value|.
-
-    Returns:
-        bool tensor of ``delta``'s shape, True where |x| ≥ the k-th largest |x|. Ties at the
-        threshold are all kept, so slightly more than k entries can survive when values repeat.
-    """
-    thr = trim_threshold(delta, density)
-    if thr is None:
-        return torch.ones_like(delta, dtype=torch.bool)
-    return delta.detach().abs() >= thr
 
 
 def row_blocks(d_out: int, d_in: int) -> Iterator[slice]:
@@ -85,23 +74,7 @@ def trimmed_weighted(block: torch.Tensor, thresholds: list[float | None], weight
     return out
 
 
-def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the top-``density`` entries of each ΔW_i.
-
-    Args:
-        deltas: (n, d_out, d_in) fp32.
-    Returns:
-        new (n, d_out, d_in) fp32 tensor.
-    """
-    thresholds = [trim_threshold(d, density) for d in deltas]
-    ones = torch.ones(deltas.shape[0])
-    out = torch.empty(deltas.shape, dtype=torch.float32)
-    for rows in row_blocks(deltas.shape[1], deltas.shape[2]):
-        out[:, rows] = trimmed_weighted(deltas[:, rows], thresholds, ones)
-    return out
-
-
-@register_method("magnitude_prune", kind="merge", space="delta",
+@register_method("magnitude_prune", kind="merge", space="delta", options=MagnitudePruneOptions,
                  reference="Yadav et al. 2023 (TIES-Merging), trim step; magnitude-pruning baseline",
                  description="keep the top-density entries of each ΔW_i by magnitude, then Σ w_i ΔW_i")
 def magnitude_prune(deltas: torch.Tensor, weights: torch.Tensor, *, density: float = 0.2) -> torch.Tensor:
@@ -114,11 +87,7 @@ def magnitude_prune(deltas: torch.Tensor, weights: torch.Tensor, *, density: flo
 
     Returns:
         Σ_i w_i trim(ΔW_i), (d_out, d_in) fp32.
-
-    Raises:
-        ConfigError: density outside (0, 1].
     """
-    check_density(density, "magnitude_prune")
     thresholds = [trim_threshold(d, density) for d in deltas]
     out = torch.empty(deltas.shape[1:], dtype=torch.float32)
     for rows in row_blocks(deltas.shape[1], deltas.shape[2]):

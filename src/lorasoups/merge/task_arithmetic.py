@@ -6,16 +6,19 @@ Unlike ``linear`` (default: the average), the default weights are w_i = 1: task 
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-from ..errors import ConfigError
 from ..methods import register_method
+from ..spec import Spec, opt
 from ..types import LoraFactors
 from .concat import concat_factors
 
 
-@register_method("task_arithmetic", kind="merge", space="concat", default_weights="ones",
+class TaskArithmeticOptions(Spec):
+    scaling_coef: float = opt(1.0, "λ, multiplies the weighted sum (negative values negate it); finite")
+
+
+@register_method("task_arithmetic", kind="merge", space="concat", default_weights="ones", options=TaskArithmeticOptions,
                  reference="Ilharco et al. 2023 (Editing models with task arithmetic)",
                  description="λ Σ w_i ΔW_i (λ = scaling_coef), exact rank-sum LoRA; default w_i = 1 (the sum)")
 def task_arithmetic(factors: Sequence[LoraFactors | None], weights: Sequence[float], *,
@@ -25,14 +28,10 @@ def task_arithmetic(factors: Sequence[LoraFactors | None], weights: Sequence[flo
     Args:
         factors: per adapter A_i (r_i, d_in), B_i (d_out, r_i), scale s_i; None = missing module.
         weights: w_i per adapter (default 1 each in the driver).
-        scaling_coef: λ, a finite float (negative values negate the sum).
+        scaling_coef: λ, a finite float (negative values negate the sum; checked by
+            :class:`TaskArithmeticOptions` when called through the driver).
 
     Returns:
         Rank-Σr_i LoRA (fp32, scale 1) with ``delta()`` = λ Σ_i w_i ΔW_i.
-
-    Raises:
-        ConfigError: non-finite ``scaling_coef``.
     """
-    if not math.isfinite(scaling_coef):
-        raise ConfigError(f"task_arithmetic: scaling_coef must be finite, got {scaling_coef}")
     return concat_factors(factors, [scaling_coef * float(w) for w in weights])

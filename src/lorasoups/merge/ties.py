@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..methods import register_method
-from .magnitude_prune import check_density, row_blocks, trim_threshold, trimmed_weighted
+from ..spec import Spec
+from .magnitude_prune import density_opt, row_blocks, trim_threshold, trimmed_weighted
 
 
 def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,11 @@ def ties_merge(deltas: torch.Tensor, weights: torch.Tensor, density: float) -> t
     return out
 
 
-@register_method("ties", kind="merge", space="delta", reference="Yadav et al. 2023 (TIES-Merging)",
+class TiesOptions(Spec):
+    density: float = density_opt(0.2, "fraction of each ΔW_i kept by the trim step (the paper's k)")
+
+
+@register_method("ties", kind="merge", space="delta", options=TiesOptions, reference="Yadav et al. 2023 (TIES-Merging)",
                  description="trim to top-density, elect sign, disjoint mean of agreeing entries, weighted")
 def ties(deltas: torch.Tensor, weights: torch.Tensor, *, density: float = 0.2) -> torch.Tensor:
     """TIES-Merging of full deltas.
@@ -72,9 +77,5 @@ def ties(deltas: torch.Tensor, weights: torch.Tensor, *, density: float = 0.2) -
 
     Returns:
         merged ΔW, (d_out, d_in) fp32.
-
-    Raises:
-        ConfigError: density outside (0, 1].
     """
-    check_density(density, "ties")
     return ties_merge(deltas, weights, density)
