@@ -350,16 +350,6 @@ MERGE_DRIVER_SKIP = {"params", "overwrite", "log", "base", "full", "allow_pickle
 RUNNER_KEYS = {"base", "adapters", "data", "out", "data_dir", "overwrite", "progress", "resume", "callbacks",
                "keep_checkpoints"}
 
-_LOWER_BETTER = re.compile(r"(nll|loss|perplexity|ppl|spread|error|fail|timeout|raised|gap_neg)", re.I)
-
-
-def default_better(metric: str) -> str:
-    """``lower`` for NLL/loss/perplexity/spread/failure metrics, else ``higher``."""
-    if metric.endswith("_gap") or metric.startswith("gap"):
-        return "higher"
-    return "lower" if _LOWER_BETTER.search(metric) else "higher"
-
-
 # ----------------------------------------------------------------------------------------------
 # Type checking against signatures
 # ----------------------------------------------------------------------------------------------
@@ -896,6 +886,8 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         tasks.append(TaskConfig(str(label), str(tname), str(role), sk, _freeze(eff_opts)))
 
     # report ----------------------------------------------------------------------------
+    from .eval.registry import metric_better
+
     rep = _as_mapping(p, "report", raw.get("report"))
     p.keys("report", rep, REPORT_KEYS)
     cols: list[ColumnConfig] = []
@@ -918,7 +910,7 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
         tm = (s.task_metrics or {}).get(task_labels[t].task)
         if tm and m not in tm:
             p.add(f"{path}.metric", f"task {task_labels[t].task} has no metric {m!r}{suggest(m, list(tm))}; metrics: {', '.join(sorted(tm))}")
-        better = c.get("better", default_better(m))
+        better = c.get("better", metric_better(task_labels[t].task, m))
         if better not in ("higher", "lower", "none"):
             p.add(f"{path}.better", f"must be 'higher', 'lower' or 'none' (a control: nothing marked), got {_fmt(better)}")
         tgt = c.get("target", task_labels[t].role == "target")

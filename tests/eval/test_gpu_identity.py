@@ -105,7 +105,7 @@ def test_train_merge_eval_on_cpu_with_canonical_ids(tiny_hub, skill_file, fake_d
                  "--quiet"]) == 0
     err = capsys.readouterr().err
     assert f"base model: {TINY_ID}" in err and "recorded by the adapter" in err
-    doc = json.loads((res / "results.json").read_text())
+    doc = json.loads((res / "qabot_dnd" / "results.json").read_text())
     assert doc["model"]["base"] == TINY_ID and doc["model"]["device"] == "cpu"
     assert doc["model"]["bf16_autocast"] is False
     nll = doc["tasks"]["qabot_dnd"]["metrics"]["nll_gold"]["value"]
@@ -151,7 +151,7 @@ def test_paper_presets_use_auto_backend():
 
 
 def test_pick_backend():
-    from lorasoups.eval.runner import pick_backend
+    from lorasoups.eval.model import pick_backend
 
     assert pick_backend("auto", "cpu") == "hf"
     assert pick_backend("hf", "cuda") == "hf"

@@ -38,9 +38,11 @@ def _digits(values: list[float]) -> int:
 
 def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
     """Method labels holding the best value of ``col`` (ties all marked); empty if < 2 values."""
+    if col.get("better", "higher") not in ("higher", "lower"):
+        return set()  # not ranked: a failure rate, control or diagnostic
     vals = {m: metric_value(doc["results"], m, col["task"], col["metric"]) for m in doc["methods"]}
-    vals = {m: v["value"] for m, v in vals.items() if v and v.get("value") is not None and math.isfinite(v["value"])}
-    if col.get("better") == "none" or len(vals) < 2 or len(set(vals.values())) == 1:
+    vals = {m: v.value for m, v in vals.items() if v is not None and math.isfinite(v.value)}
+    if len(vals) < 2 or len(set(vals.values())) == 1:
         return set()  # nothing to single out
     best = max(vals.values()) if col.get("better", "higher") == "higher" else min(vals.values())
     return {m for m, v in vals.items() if v == best}
@@ -54,8 +56,10 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dic
     for m in doc["methods"]:
         row = []
         for c, b in zip(cols, best):
-            v = metric_value(doc["results"], m, c["task"], c["metric"]) or {}
-            row.append({"value": v.get("value"), "stderr": v.get("stderr"), "n": v.get("n"), "best": m in b})
+            v = metric_value(doc["results"], m, c["task"], c["metric"])
+            fin = v is not None and math.isfinite(v.value)
+            row.append({"value": v.value if fin else None, "stderr": v.stderr if fin and math.isfinite(v.stderr) else None,
+                        "n": v.n if v is not None else None, "best": m in b})
         rows.append(row)
     return cols, rows
 

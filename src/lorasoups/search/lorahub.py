@@ -379,7 +379,7 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
     from ..io.adapters import read_adapter, save_adapter_files
     from ..models import load_base
     from ..paths import atomic_dir, check_not_input
-    from ..provenance import package_versions
+    from ..provenance import provenance
 
     if space not in SPACES:
         from ..registry import suggest
@@ -456,7 +456,7 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         "data_stats": data_stats or None,
         "base_model": base,
         "seconds": round(time.time() - t0, 2),
-        "versions": package_versions(),
+        "provenance": provenance(),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_adapter_files(tmp, merged, base_model=base)

@@ -372,7 +372,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..io.adapters import save_adapter_files
     from ..models import load_base, resolve_base
     from ..paths import atomic_dir, check_not_input
-    from ..provenance import git_commit, package_versions, sha256_dir
+    from ..provenance import provenance, sha256_dir
     from .fused import attach_cat, parse_init
 
     t_start = time.time()
@@ -496,8 +496,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "train_seconds": round(train_s, 2),
         "seconds_per_step": round(train_s / n_steps, 3) if n_steps else None,
         "total_seconds": None,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        "provenance": provenance(),
     }
     check_not_input(out, paths_in)
     with atomic_dir(out, overwrite=overwrite) as tmp:
