@@ -222,6 +222,13 @@ def test_every_output_folder_has_a_model_card(tiny_dir, skill_file, tmp_path):
             assert "## Training data" in card and "colours.json" in card, method
         if method != "data_mix":
             assert "## Inputs" in card, method
+    # every output records its provenance the same way (lorasoups.provenance.provenance)
+    info = {"cat": "cat_options.json", "moe": "moe_config.json", "lorahub": "lorahub_weights.json",
+            "data_mix": "train_info.json", "ties": "merge_info.json"}
+    for method, name in info.items():
+        prov = json.loads((tmp_path / method / name).read_text())["provenance"]
+        assert set(prov) == {"git_commit", "package_versions", "created"}, method
+        assert prov["package_versions"]["torch"] and prov["package_versions"]["lorasoups"], method
     assert "## CAT coefficients" in (tmp_path / "cat" / "README.md").read_text()
     assert "(weight " in (tmp_path / "lorahub" / "README.md").read_text()
     # the card does not disturb loading with PEFT

@@ -1,6 +1,15 @@
-"""Teacher-forced likelihood metrics of gold answers and mismatched controls (see
-:mod:`lorasoups.eval.runner` for the definitions of ``nll_gold``, ``nll_control``, ``nll_gap`` and
-``gold_preferred``)."""
+"""Teacher-forced likelihood metrics, for every task whose items have a gold response:
+
+* ``nll_gold``: mean per-token negative log-likelihood (nats/token) of the item's gold response
+  after the item's prompt (:func:`lorasoups.prompts.encode_pair` ids: response + end-of-turn
+  token, prompt tokens masked);
+* ``nll_control``: the same for a *mismatched* gold response — another item's, chosen by a fixed
+  derangement (item ``i`` takes the first item ``(i + k) mod n``, ``k = n//2, n//2+1, ...``, whose
+  gold response differs from item ``i``'s);
+* ``nll_gap`` = ``nll_control - nll_gold`` per item (positive: the model prefers this item's own
+  answer, i.e. knows the item and not only the domain's style); ``gold_preferred`` = share of
+  items with ``nll_gold < nll_control``.
+"""
 
 from __future__ import annotations
 

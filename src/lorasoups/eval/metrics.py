@@ -44,10 +44,8 @@ class Metric:
         return {"value": self.value, "stderr": self.stderr, "n": self.n, **self.extra}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | float) -> "Metric":
-        """The inverse of :meth:`to_dict` (``None`` values become nan; a bare number has no stderr)."""
-        if isinstance(d, (int, float)):
-            return cls(float(d), float("nan"), 0)
+    def from_dict(cls, d: Mapping[str, Any]) -> "Metric":
+        """The inverse of :meth:`to_dict` (``None`` values, as JSON writes nan, become nan)."""
         nan = float("nan")
         extra = {k: v for k, v in d.items() if k not in ("value", "stderr", "n")}
         return cls(nan if d.get("value") is None else float(d["value"]),
@@ -163,19 +161,23 @@ def token_f1(pred: str, gold: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-def _lcs_len(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+class _SquadTokens:
+    """A ``rouge-score`` tokenizer giving the SQuAD-normalised tokens (:func:`normalize_answer`)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize_answer(text).split()
 
 
-_ROUGE_SCORERS: dict[bool, Any] = {}
+_ROUGE_SCORERS: dict[Any, Any] = {}
+
+
+def _rouge_l_f(pred: str, gold: str, use_stemmer: bool = False, tokenizer: Any = None) -> float:
+    key = (bool(use_stemmer), type(tokenizer))
+    if key not in _ROUGE_SCORERS:
+        from rouge_score import rouge_scorer
+
+        _ROUGE_SCORERS[key] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer, tokenizer=tokenizer)
+    return float(_ROUGE_SCORERS[key].score(gold or "", pred or "")["rougeL"].fmeasure)
 
 
 def rouge_l(pred: str, gold: str, use_stemmer: bool = False) -> float:
@@ -186,23 +188,13 @@ def rouge_l(pred: str, gold: str, use_stemmer: bool = False) -> float:
     numbers kept; non-ASCII letters dropped); Porter stemming only with ``use_stemmer``. 0.0 when
     either side has no token. Lin (2004), Sec. 3.1 (ROUGE-L, beta = 1).
     """
-    scorer = _ROUGE_SCORERS.get(bool(use_stemmer))
-    if scorer is None:
-        from rouge_score import rouge_scorer
-
-        scorer = _ROUGE_SCORERS[bool(use_stemmer)] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return float(scorer.score(gold or "", pred or "")["rougeL"].fmeasure)
+    return _rouge_l_f(pred, gold, use_stemmer)
 
 
 def rouge_l_squad(pred: str, gold: str) -> float:
-    """ROUGE-L F-measure (beta = 1) from the longest common subsequence of SQuAD-normalised tokens
-    (:func:`normalize_answer`: lower-case, punctuation and articles dropped); 1.0 when both are
-    empty, 0.0 when only one is. Not the ``rouge-score`` value (see :func:`rouge_l`)."""
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    if not p or not g:
-        return float(p == g)
-    lcs = _lcs_len(p, g)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(g)
-    return 2 * prec * rec / (prec + rec)
+    """ROUGE-L F-measure (beta = 1) of the SQuAD-normalised tokens (:func:`normalize_answer`:
+    lower-case, punctuation and articles dropped), computed by ``rouge-score`` with that
+    tokenizer; 1.0 when both are empty, 0.0 when only one is. Not the :func:`rouge_l` value."""
+    if not normalize_answer(pred) and not normalize_answer(gold):
+        return 1.0
+    return _rouge_l_f(pred, gold, tokenizer=_SquadTokens())

@@ -357,12 +357,11 @@ def register_file_task(spec: str | Path, base_dir: str | Path | None = None) -> 
     load_tasks()
     if task.name in TASKS:
         old = TASKS.get(task.name)
-        if isinstance(old, FileTask) and old.path == task.path and old.version == task.version and old.mode == task.mode:
-            return old
-        if isinstance(old, FileTask):  # the same name re-read (a changed file or options): replace it
-            if old.path == task.path:
-                TASKS._items[task.name] = task
-                return task
+        if isinstance(old, FileTask) and old.path == task.path:
+            if old.version == task.version and old.mode == task.mode:
+                return old
+            TASKS._items[task.name] = task  # the same file re-read (changed content or options): replace it
+            return task
         raise ConfigError(f"task file {task.path}: the task name {task.name!r} is already taken"
                           f" by {getattr(old, 'path', 'a built-in task')}; add :name=OTHER to the spec")
     return register_task(task)

@@ -4,18 +4,7 @@
 For every task: load the items (first ``limit``), render prompts (few-shot demos as chat turns),
 generate greedy completions (unless ``generate=False``), extract answers, run programs in the
 sandbox (code tasks, with ``allow_code_execution=True``), score, and — for every task whose items
-have a gold response — compute teacher-forced likelihoods:
-
-* ``nll_gold``: mean per-token negative log-likelihood (nats/token) of the item's gold response
-  after the item's prompt (:func:`lorasoups.prompts.encode_pair` ids: response + end-of-turn
-  token, prompt tokens masked);
-* ``nll_control``: the same for a *mismatched* gold response — another item's, chosen by a fixed
-  derangement (item ``i`` takes the first item ``(i + k) mod n``, ``k = n//2, n//2+1, ...``, whose
-  gold response differs from item ``i``'s);
-* ``nll_gap`` = ``nll_control - nll_gold`` per item (positive: the model prefers this item's own
-  answer, i.e. knows the item and not only the domain's style); ``gold_preferred`` = share of
-  items with ``nll_gold < nll_control``.
-
+have a gold response — compute teacher-forced likelihoods (:mod:`lorasoups.eval.likelihood`).
 Every metric is a :class:`~lorasoups.eval.metrics.Metric` (``{"value", "stderr", "n"}`` in JSON) with
 its role and direction declared by the task (:meth:`lorasoups.eval.registry.Task.info`); per-item
 values are in the samples file (``scores``), so two runs can be compared item by item with
@@ -26,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -390,23 +380,14 @@ def _jsonable(x: Any) -> Any:
 
 
 def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
-    c: dict[str, int] = {}
-    for r in records:
-        s = r.get("status") or "unknown"
-        c[s] = c.get(s, 0) + 1
-    return dict(sorted(c.items()))
+    return dict(sorted(Counter(r.get("status") or "unknown" for r in records).items()))
 
 
 def metric_table(results: dict[str, Any]) -> str:
     """A plain-text table of every task's metrics (value ± stderr, n)."""
-    lines = []
-    for name, t in results.get("tasks", {}).items():
-        for m, v in t.get("metrics", {}).items():
-            val, se = v.get("value"), v.get("stderr")
-            vs = "nan" if val is None else f"{val:.4f}"
-            ss = "nan" if se is None else f"{se:.4f}"
-            lines.append(f"{name:<18} {m:<20} {vs:>10} ± {ss:<8} n={v.get('n')}")
-    return "\n".join(lines)
+    f = lambda x: "nan" if x is None else f"{x:.4f}"  # noqa: E731
+    return "\n".join(f"{name:<18} {m:<20} {f(v.get('value')):>10} ± {f(v.get('stderr')):<8} n={v.get('n')}"
+                     for name, t in results.get("tasks", {}).items() for m, v in t.get("metrics", {}).items())
 
 
 __all__ = ["evaluate", "resolve_options", "expand_task_names", "metric_table", "OPTION_DEFAULTS"]

@@ -41,7 +41,6 @@ from .verdict import ExecResult, Limits, Program, verdict
 
 NOBODY = 65534
 WORKER_SOURCE_PATH = Path(__file__).with_name("_sandbox_worker.py")
-STATUSES = ("ok", "error", "timeout", "oom")
 MODES = ("auto", "bwrap", "bwrap-userns", "weak")
 HASH_SEED = "0"
 INTERPRETER = "/usr/bin/python3"

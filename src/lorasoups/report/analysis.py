@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..eval.metrics import Metric, paired_difference
+from ..eval.metrics import Metric, mean_stderr, paired_difference
 from ..eval.metrics import item_scores as _item_scores
 from ..eval.samples import read_samples
 
@@ -100,10 +100,8 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
                 common = [k for k in sm if k in sb and all(k in x for x in ss)]
                 if len(common) >= 2:
                     sign = 1.0 if better == "higher" else -1.0
-                    ex = [sign * ((sm[k] - sb[k]) - sum(x[k] - sb[k] for x in ss)) for k in common]
-                    mu = sum(ex) / len(ex)
-                    sd = math.sqrt(sum((e - mu) ** 2 for e in ex) / (len(ex) - 1))
-                    row["excess_stderr"], row["excess_n"] = sd / math.sqrt(len(ex)), len(ex)
+                    ex = mean_stderr([sign * ((sm[k] - sb[k]) - sum(x[k] - sb[k] for x in ss)) for k in common])
+                    row["excess_stderr"], row["excess_n"] = ex.stderr, ex.n
                 out["superlinearity"].append(row)
         # paired differences vs base and vs the best single skill
         if better == "none":

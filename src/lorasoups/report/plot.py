@@ -45,9 +45,8 @@ def plot_results(doc: dict[str, Any], out: str | Path) -> Path:
             es.append(cell["stderr"] or 0.0)
             cs.append(colours[i])
             best.append(cell["best"])
-        bars = ax.bar(xs, ys, yerr=es, color=cs, capsize=2, edgecolor=["black" if b else "none" for b in best],
-                      linewidth=[1.6 if b else 0 for b in best])
-        _ = bars
+        ax.bar(xs, ys, yerr=es, color=cs, capsize=2, edgecolor=["black" if b else "none" for b in best],
+               linewidth=[1.6 if b else 0 for b in best])
         arrow = {"higher": "↑", "lower": "↓"}.get(c.get("better", "higher"), "")
         ax.set_title(f"{c['label']} {arrow}".rstrip(), fontsize=9)
         ax.set_xticks(range(len(methods)))

@@ -82,15 +82,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 s += f" ± {_num(cell['stderr'], digits[j])}"
             cells.append(f"**{s}**" if cell["best"] else s)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    ns = sorted({str(r[j]["n"]) for r in rows for j in range(len(cols)) if r[j]["n"] is not None})
     foot = ("Mean ± standard error; bold = best in column (↑ higher is better, ↓ lower is better; no arrow: "
-            "a control, nothing marked).")
-    if ns:
-        by_col = []
-        for j, c in enumerate(cols):
-            nn = sorted({r[j]["n"] for r in rows if r[j]["n"] is not None})
-            if nn:
-                by_col.append(f"{c['label']}: {'/'.join(str(x) for x in nn)}")
+            "not ranked — a failure rate, control or diagnostic — nothing marked).")
+    by_col = [f"{c['label']}: {'/'.join(str(x) for x in nn)}" for j, c in enumerate(cols)
+              if (nn := sorted({r[j]["n"] for r in rows if r[j]["n"] is not None}))]
+    if by_col:
         foot += " Items per column: " + "; ".join(by_col) + "."
     return "\n".join(lines) + "\n\n" + foot + "\n"
 
