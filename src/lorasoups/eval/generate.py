@@ -46,7 +46,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 
 from ..errors import ConfigError, ModelError
 from ..prompts import IGNORE_INDEX, encode_pair, encode_prompt
-from .prefix_cache import _ACTIVE_PREFIX, _cache_kv, _enable_shared_prefix, _make_cache, _select_rows
+from .prefix_cache import ACTIVE_PREFIX, cache_kv, enable_shared_prefix, make_cache, select_rows
 
 
 StopRule = Union[str, Callable[[str], Union[int, None]], None]
@@ -202,7 +202,7 @@ class HFGenerator:
             raise ConfigError(f"prefix_mode must be auto, shared or copy, got {prefix_mode!r}")
         self.prefix_mode = "off"
         if prefix_cache:
-            shared = prefix_mode in ("auto", "shared") and _enable_shared_prefix(model)
+            shared = prefix_mode in ("auto", "shared") and enable_shared_prefix(model)
             if prefix_mode == "shared" and not shared:
                 raise ConfigError("prefix_mode='shared' needs a model whose attention runs through "
                                   "transformers' SDPA AttentionInterface; use prefix_mode='copy'")
@@ -289,15 +289,15 @@ class HFGenerator:
         return encode_prompt(self.tok, prompt)
 
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool, shared_kv: Any = None):
-        """One forward pass; ``shared_kv`` activates :func:`prefix_attention` for its duration."""
+        """One forward pass; ``shared_kv`` activates :func:`lorasoups.eval.prefix_cache.prefix_attention` for its duration."""
         kw: dict[str, Any] = {self._cache_kw: cache}
         if last_only and self._keep_kw:
             kw[self._keep_kw] = 1
-        token = _ACTIVE_PREFIX.set(shared_kv)
+        token = ACTIVE_PREFIX.set(shared_kv)
         try:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
         finally:
-            _ACTIVE_PREFIX.reset(token)
+            ACTIVE_PREFIX.reset(token)
         new_cache = out.get("cache") if "cache" in out else None
         if new_cache is None:
             new_cache = out.get("past_key_values")
@@ -316,7 +316,7 @@ class HFGenerator:
         mask = torch.ones_like(ids)
         pos = torch.arange(len(prefix), device=self.device)[None]
         _, cache = self._forward(ids, mask, pos, None, last_only=True)
-        kv = [(k.detach(), v.detach()) for k, v in _cache_kv(cache)]
+        kv = [(k.detach(), v.detach()) for k, v in cache_kv(cache)]
         self._prefix_memo = (key, kv)
         return kv
 
@@ -347,7 +347,7 @@ class HFGenerator:
         """Run the suffixes after the prefix. Returns ``(logits, cache, mask, pos, offsets, shared)``."""
         shared = kv if (kv is not None and self.prefix_mode == "shared") else None
         ids, mask, pos, offs = self._batch_inputs(suffixes, P, include_prefix_in_mask=shared is None)
-        cache = _make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
+        cache = make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
         logits, cache = self._forward(ids, mask, pos, cache, last_only=last_only, shared_kv=shared)
         return logits, cache, mask, pos, offs, shared
 
@@ -428,7 +428,7 @@ class HFGenerator:
                 break
             if len(keep) < len(rows):
                 sel = torch.tensor(keep, device=self.device)
-                _select_rows(cache, sel)
+                select_rows(cache, sel)
                 mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)

@@ -64,7 +64,7 @@ def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[It
             pairs_p.append(p)
             pairs_r.append(items[ctrl[i]].gold_text)
             owners.append((i, "control"))
-    with _bar(len(pairs_p), desc, progress=progress, unit="pair") as pb, _on_batch(generator, pb):
+    with _bar(len(pairs_p), desc, progress=progress, unit="pair") as pb, bar_per_batch(generator, pb):
         res = generator.nll(pairs_p, pairs_r) if pairs_p else []
     out: list[dict[str, Any]] = [{"nll_gold": None, "nll_control": None, "nll_gap": None, "gold_preferred": None,
                                   "control_id": None, "n_tokens_gold": None} for _ in items]
@@ -82,7 +82,7 @@ def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[It
 
 
 @contextlib.contextmanager
-def _on_batch(generator: Any, pb: Any) -> Iterator[None]:
+def bar_per_batch(generator: Any, pb: Any) -> Iterator[None]:
     """Route the generator's per-batch hook (``on_batch(n_rows)``) to bar ``pb`` for the duration;
     the bar is completed at the end (backends without the hook jump to 100%)."""
     had = hasattr(generator, "on_batch")

@@ -10,7 +10,7 @@ from typing import Any
 
 # ---- shared-prefix attention -----------------------------------------------------------------
 PREFIX_ATTN = "lorasoups_prefix"
-_ACTIVE_PREFIX: contextvars.ContextVar[Any] = contextvars.ContextVar("lorasoups_active_prefix", default=None)
+ACTIVE_PREFIX: contextvars.ContextVar[Any] = contextvars.ContextVar("lorasoups_active_prefix", default=None)
 _REGISTERED = {"done": False, "ok": False}
 
 
@@ -30,7 +30,7 @@ def prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     """
     import torch
 
-    kv = _ACTIVE_PREFIX.get()
+    kv = ACTIVE_PREFIX.get()
     if kv is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -86,7 +86,7 @@ def _register_prefix_attention() -> bool:
     return _REGISTERED["ok"]
 
 
-def _enable_shared_prefix(model: Any) -> bool:
+def enable_shared_prefix(model: Any) -> bool:
     """Switch ``model``'s attention from SDPA to :func:`prefix_attention` (identical results
     while no prefix is active). False when the model does not use SDPA through the interface."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -107,7 +107,7 @@ def _enable_shared_prefix(model: Any) -> bool:
     return cfg._attn_implementation == PREFIX_ATTN
 
 
-def _cache_kv(cache: Any) -> list[tuple[Any, Any]]:
+def cache_kv(cache: Any) -> list[tuple[Any, Any]]:
     """Per-layer (keys, values) of a transformers cache; shapes (batch, kv_heads, seq, head_dim)."""
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -116,7 +116,7 @@ def _cache_kv(cache: Any) -> list[tuple[Any, Any]]:
     return [(k, v) for k, v in cache]
 
 
-def _make_cache(kv: list[tuple[Any, Any]], config: Any, batch: int) -> Any:
+def make_cache(kv: list[tuple[Any, Any]], config: Any, batch: int) -> Any:
     """A fresh DynamicCache holding ``kv`` repeated ``batch`` times (copied, never shared)."""
     from transformers import DynamicCache
 
@@ -127,7 +127,7 @@ def _make_cache(kv: list[tuple[Any, Any]], config: Any, batch: int) -> Any:
         return DynamicCache.from_legacy_cache(tuple((k.contiguous(), v.contiguous()) for k, v in data))
 
 
-def _select_rows(cache: Any, idx: Any) -> None:
+def select_rows(cache: Any, idx: Any) -> None:
     if hasattr(cache, "batch_select_indices"):
         cache.batch_select_indices(idx)
         return

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError, DataError
 from ..progress import bar as _bar
-from .likelihood import _on_batch, likelihood_scores
+from .likelihood import bar_per_batch, likelihood_scores
 from .model import base_for_adapter, build_generator
 from .registry import LIKELIHOOD_METRICS, Item, Task, get_task, load_tasks
 from .samples import RESULTS_FILE, _finite, read_samples, samples_path, write_task_folder
@@ -273,7 +273,7 @@ class _TaskRun:
             _log(opts, f"{t.name}: generating {len(items)} completions (max {max_new} new tokens, {k} shots)")
             before = dict(getattr(generator, "stats", {}) or {})
             with _bar(len(items), f"{t.name} generate", progress=_bars(opts), unit="item") as pb, \
-                    _on_batch(generator, pb):
+                    bar_per_batch(generator, pb):
                 completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
             after = getattr(generator, "stats", {}) or {}
             for key in ("generated_tokens", "generate_s"):
