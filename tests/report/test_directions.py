@@ -54,7 +54,7 @@ def test_every_metric_of_every_task_is_declared():
     ("mbpp", "failed_assert", MetricInfo("failure", "none")),
     ("qabot_dnd", "nll_control", MetricInfo("control", "none")),
     ("prompt_formats", "pred_majority_rate", MetricInfo("diagnostic", "none")),
-    ("prompt_formats", "spread", MetricInfo("score", "lower")),
+    ("prompt_formats", "spread", MetricInfo("diagnostic", "none")),
     ("qabot_dnd", "nll_gold", MetricInfo("score", "lower")),
     ("qabot_dnd", "f1", MetricInfo("primary", "higher")),
 ])

@@ -43,7 +43,9 @@ class PromptFormatsTask(Task):
     max_new_tokens = 16
     score_metrics = ("acc", *(f"acc_format{f}" for f in FORMATS), "spread", "no_count", "pred_majority_rate",
                      "gold_majority_rate", *(f"acc_class{k}" for k in range(7)))
-    metric_info = {"spread": MetricInfo("score", "lower"), "no_count": MetricInfo("failure"),
+    # spread (best - worst format) is small both for a robust model and for one that always gives
+    # the same count: a diagnostic to read next to the accuracy, as the majority rates are
+    metric_info = {"no_count": MetricInfo("failure"), "spread": MetricInfo("diagnostic"),
                    "pred_majority_rate": MetricInfo("diagnostic"), "gold_majority_rate": MetricInfo("diagnostic")}
 
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
