@@ -1,9 +1,9 @@
 """Metric values with standard errors, paired comparisons, and text-overlap scores.
 
-Every reported metric is a :class:`Metric` (``value``, ``stderr``, ``n``; ``{"value", "stderr", "n"}`` in JSON). Means over items use the
-standard error of the mean ``s / sqrt(n)`` with the sample standard deviation ``s`` (ddof 1); a
-proportion is the mean of 0/1 values, so its standard error is ``sqrt(p(1-p)/(n-1))``, close to the
-binomial ``sqrt(p(1-p)/n)``. Comparisons of two models on the same items are paired: the mean of the
+Every reported metric is a :class:`Metric` (``value``, ``stderr``, ``n``; the same keys in JSON).
+Means over items use the standard error of the mean ``s / sqrt(n)`` with the sample standard
+deviation ``s`` (ddof 1); a proportion is the mean of 0/1 values, so its standard error is
+``sqrt(p(1-p)/(n-1))``, close to the binomial ``sqrt(p(1-p)/n)``. Comparisons of two models on the same items are paired: the mean of the
 per-item differences and the standard error of that mean (items are matched by id).
 
 Text scores follow the SQuAD v1.1 evaluation script's definitions (Rajpurkar et al., 2016):
@@ -27,6 +27,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -86,7 +87,7 @@ def paired_difference(a: Mapping[Any, float | None] | Sequence[float | None],
 
 
 def item_scores(records: Iterable[Mapping[str, Any]], metric: str) -> dict[Any, float]:
-    """Per-item values of ``metric`` (``samples/<task>.jsonl`` records: ``id`` -> ``scores[metric]``);
+    """Per-item values of ``metric`` (``samples.jsonl`` records: ``id`` -> ``scores[metric]``);
     items without a finite value are left out."""
     out: dict[Any, float] = {}
     for r in records:
@@ -97,7 +98,7 @@ def item_scores(records: Iterable[Mapping[str, Any]], metric: str) -> dict[Any, 
 
 
 def paired_compare(samples_a: Sequence[Mapping[str, Any]], samples_b: Sequence[Mapping[str, Any]], metric: str) -> Metric:
-    """Paired comparison of two runs' per-item scores (``samples/<task>.jsonl`` records), matched
+    """Paired comparison of two runs' per-item scores (``samples.jsonl`` records), matched
     by ``id``; see :func:`paired_difference`.
 
     Raises:

@@ -23,6 +23,7 @@ from ..eval.metrics import Metric, mean_stderr, paired_difference
 from ..eval.metrics import item_scores as _item_scores
 from ..eval.samples import read_samples
 
+
 def metric_value(results: dict[str, Any], method: str, task: str, metric: str) -> Metric | None:
     """The :class:`~lorasoups.eval.metrics.Metric` of one cell, or None when absent."""
     cell = ((results.get(method) or {}).get(task) or {}).get("metrics", {}).get(metric)
