@@ -5,6 +5,7 @@ never given gains, super-linearity rows or paired differences."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -29,7 +30,7 @@ def _doc(columns: list[dict] | None = None) -> dict:
     for m, vals in VALUES.items():
         metrics = {k: {"value": v, "stderr": 0.01, "n": 50} for k, v in vals.items()}
         results[m] = {"words": {"metrics": metrics, "primary_metrics": list(t.primary(list(metrics))),
-                                "metric_roles": t.declared(list(metrics))}}
+                                "metric_roles": {k: asdict(t.info(k)) for k in metrics}}}
     methods = {"base": {"method": "base", "skills": []}, "math": {"method": "skill", "skills": ["math"]},
                "code": {"method": "skill", "skills": ["code"]}, "soup": {"method": "linear", "skills": ["math", "code"]}}
     return {"methods": methods, "results": results, "columns": columns or [],

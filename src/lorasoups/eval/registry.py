@@ -23,10 +23,8 @@ from ..registry import Registry, UnknownNameError, lazy_loader
 from .metrics import Metric, mean_stderr
 
 LIKELIHOOD_METRICS = ("nll_gold", "nll_control", "nll_gap", "gold_preferred")
-#: What a metric is. ``primary``/``score``: a goal, ranked by its direction (best marked, gains and
-#: super-linearity computed); ``failure``: a failure rate (share of items without an answer, timed
-#: out...); ``control``: a reference value, not a goal; ``diagnostic``: describes the predictions.
-#: Failure rates, controls and diagnostics are reported but never ranked.
+#: ``primary``/``score``: goals, ranked (best marked, gains, super-linearity); ``failure`` rates,
+#: ``control`` values and ``diagnostic``s (describe the predictions) are reported, never ranked.
 ROLES = ("primary", "score", "failure", "control", "diagnostic")
 RANKED_ROLES = ("primary", "score")
 
@@ -228,10 +226,6 @@ class Task:
                 if k not in keys:
                     keys.append(k)
         return {k: mean_stderr([r.get("scores", {}).get(k) for r in records]) for k in keys}
-
-    def declared(self, metrics: Sequence[str]) -> dict[str, dict[str, str]]:
-        """``{metric: {"role", "better"}}`` of ``metrics`` (written to ``results.json``)."""
-        return {m: {"role": self.info(m).role, "better": self.info(m).better} for m in metrics}
 
     def __repr__(self) -> str:
         return f"<Task {self.name} v{self.version} ({self.kind})>"

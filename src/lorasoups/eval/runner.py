@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -359,7 +360,7 @@ class _TaskRun:
         entry = {
             "version": t.version, "kind": t.kind, "description": t.description, "n_items": len(items),
             "metrics": {m: v.to_dict() for m, v in metrics.items()}, "notes": notes,
-            "primary_metrics": list(t.primary(list(metrics))), "metric_roles": t.declared(list(metrics)),
+            "primary_metrics": list(t.primary(list(metrics))), "metric_roles": {m: asdict(t.info(m)) for m in metrics},
             "options": {"shots": k, "max_new_tokens": max_new if self.generating else None,
                         "timeout_s": (opts["timeout_s"] or t.timeout_s) if t.executes_code else None,
                         "stop": list(t.stop), "stop_regex": t.stop_regex, "stop_rule": t.stop_note},

@@ -24,11 +24,10 @@ class VLLMGenerator:
     def __init__(self, base_path: str, tokenizer: Any, adapter: str | None = None, *, max_lora_rank: int = 64,
                  gpu_memory_utilization: float = 0.8, **llm_kw: Any):
         try:
-            from vllm import LLM, SamplingParams  # noqa: F401
+            from vllm import LLM
         except ImportError:
             raise ConfigError("--backend vllm needs the optional vLLM extra (pip install 'lorasoups[vllm]') "
                               "and a GPU; use --backend hf on CPUs") from None
-        from vllm import LLM
 
         self.tok = tokenizer
         self.adapter = adapter

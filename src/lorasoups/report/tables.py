@@ -15,12 +15,8 @@ from typing import Any
 from .analysis import default_columns, metric_value
 
 
-def columns_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's columns: the config's ``report.columns``, else every metric of every task."""
-    return list(doc.get("columns") or default_columns(doc))
-
-
-def _arrow(col: dict[str, Any]) -> str:
+def arrow(col: dict[str, Any]) -> str:
+    """``↑`` / ``↓`` for a column ranked higher / lower is better, else nothing."""
     return {"higher": "↑", "lower": "↓"}.get(col.get("better", "higher"), "")
 
 
@@ -50,7 +46,7 @@ def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
 
 def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """(columns, rows) where each row is a list of cells ``{"value", "stderr", "n", "best"}``."""
-    cols = columns_of(doc)
+    cols = list(doc.get("columns") or default_columns(doc))  # the config's, else each task's primary metrics
     best = [best_rows(doc, c) for c in cols]
     rows = []
     for m in doc["methods"]:
@@ -67,7 +63,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dic
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results table in Markdown: one row per method, one column per (task, metric)."""
     cols, rows = table_rows(doc)
-    header = ["method", "algorithm"] + [f"{c['label']} {_arrow(c)}".rstrip() for c in cols]
+    header = ["method", "algorithm"] + [f"{c['label']} {arrow(c)}".rstrip() for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(cols)) + "|"]
     digits = [_digits([r[j]["value"] for r in rows if r[j]["value"] is not None]) for j in range(len(cols))]
     for m, row in zip(doc["methods"], rows):
