@@ -119,7 +119,7 @@ def likelihood_mode(args, model, tok, task) -> int:
     import torch
 
     from lorasoups.eval.generate import HFGenerator, cpu_supports_bf16
-    from lorasoups.eval.runner import derangement
+    from lorasoups.eval.likelihood import derangement
     from lorasoups.prompts import IGNORE_INDEX, encode_pair
 
     items = [it for it in task.load_items(limit=args.limit) if it.gold_text is not None]

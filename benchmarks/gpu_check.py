@@ -65,7 +65,7 @@ def cli(*argv: str) -> tuple[int, str]:
 
 
 def item_nlls(results_dir: Path) -> list[float]:
-    rows = [json.loads(x) for x in (results_dir / "samples" / "qabot_dnd.jsonl").read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in (results_dir / "qabot_dnd" / "samples.jsonl").read_text().splitlines() if x.strip()]
     out = []
     for r in rows:
         v = (r.get("scores") or {}).get("nll_gold")
@@ -150,7 +150,7 @@ def main() -> int:
         if rc != 0:
             report(f"eval {label}", False, err.strip()[-300:])
             return finish(work, args.keep, t0)
-        doc = json.loads((out / "results.json").read_text())
+        doc = json.loads((out / "qabot_dnd" / "results.json").read_text())
         nlls[label] = item_nlls(out)
         report(f"eval {label}", doc["model"].get("device") == d and all(math.isfinite(x) for x in nlls[label]),
                f"device {doc['model'].get('device')}, bf16 autocast {doc['model'].get('bf16_autocast')}, "

@@ -39,7 +39,6 @@ evaluation and data-spec options against theirs (:mod:`lorasoups.config_checks`)
 
 from __future__ import annotations
 
-import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,16 +157,6 @@ REPORT_KEYS = {"columns", "title", "compare_to", "forest_columns"}
 COLUMN_KEYS = {"label", "task", "metric", "better", "target"}
 ROLES = ("target", "skill", "other")
 
-_LOWER_BETTER = re.compile(r"(nll|loss|perplexity|ppl|spread|error|fail|timeout|raised|gap_neg)", re.I)
-
-
-def default_better(metric: str) -> str:
-    """``lower`` for NLL/loss/perplexity/spread/failure metrics, else ``higher``."""
-    if metric.endswith("_gap") or metric.startswith("gap"):
-        return "higher"
-    return "lower" if _LOWER_BETTER.search(metric) else "higher"
-
-
 
 def _skills(p: Problems, raw: Mapping[str, Any], known: Known) -> tuple[dict[str, Any], dict[str, SkillConfig]]:
     train_defaults = as_mapping(p, "train", raw.get("train"))
@@ -275,6 +264,8 @@ def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig
 
 
 def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known) -> list[ColumnConfig]:
+    from .eval.registry import metric_better
+
     cols: list[ColumnConfig] = []
     task_labels = {t.label: t for t in tasks}
     cols_raw = rep.get("columns") or []
@@ -295,7 +286,7 @@ def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known
         tm = known.tasks.get(task_labels[t].task)
         if tm and m not in tm:
             p.add(f"{path}.metric", f"task {task_labels[t].task} has no metric {m!r}{suggest(m, list(tm))}; metrics: {', '.join(sorted(tm))}")
-        better = c.get("better", default_better(m))
+        better = c.get("better", metric_better(task_labels[t].task, m))
         if better not in ("higher", "lower", "none"):
             p.add(f"{path}.better", f"must be 'higher', 'lower' or 'none' (a control: nothing marked), got {fmt(better)}")
         tgt = c.get("target", task_labels[t].role == "target")

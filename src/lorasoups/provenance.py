@@ -1,12 +1,14 @@
-"""Provenance: package versions, git commit, checksums."""
+"""Provenance: package versions, git commit, checksums, and the one record every output carries."""
 
 from __future__ import annotations
 
 import hashlib
 import platform
 import subprocess
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from .paths import REPO_ROOT
 
@@ -36,6 +38,14 @@ def git_commit() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """The provenance record written under ``"provenance"`` by every output (adapters, merges, CAT,
+    LoRA Hub, MoE, evaluations, experiment runs): ``{"git_commit", "package_versions", "created"
+    (UTC, ISO 8601), **extra}``."""
+    return {"git_commit": git_commit(), "package_versions": package_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

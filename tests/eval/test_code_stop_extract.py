@@ -142,7 +142,7 @@ def test_math_code_exec_acc_1_when_the_solution_is_not_the_first_block(fake_data
     gen = _canned(CODE_COMPLETIONS)
     res = evaluate(str(tiny_dir), None, ["multiarith"], tmp_path / "mc", generator=gen, data_dir=fake_data,
                    allow_code_execution=True, likelihood=False, limit=4, shots=1)
-    recs = {r["id"]: r for r in read_samples(tmp_path / "mc" / "samples" / "multiarith.jsonl")}
+    recs = {r["id"]: r for r in read_samples(tmp_path / "mc" / "multiarith" / "samples.jsonl")}
     assert [recs[f"multiarith-{i}"]["scores"]["exec_acc"] for i in range(4)] == [1.0, 1.0, 1.0, 1.0]
     assert res["tasks"]["multiarith"]["metrics"]["exec_acc"]["value"] == 1.0
     for r in recs.values():  # the completion ends after the defining block, nothing after it
@@ -170,7 +170,7 @@ def test_mbpp_pass_at_1_when_the_tested_function_is_not_the_first_block(fake_dat
                    allow_code_execution=True, likelihood=False)
     assert res["tasks"]["mbpp"]["metrics"]["pass_at_1"]["value"] == 1.0
     assert [r.names for r in gen.stop_rules[0]] == [("square",), ("double",), ("plus",)]
-    recs = read_samples(tmp_path / "mb" / "samples" / "mbpp.jsonl")
+    recs = read_samples(tmp_path / "mb" / "mbpp" / "samples.jsonl")
     assert all("never reached" not in r["completion"] for r in recs)
     # with the former first-fence rule and first-block extraction every one of them failed
     t = get_task("mbpp")

@@ -28,12 +28,12 @@ def test_unknown_task_did_you_mean(tiny_dir):
 
 def test_corrupt_samples_file(fake_data, tmp_path, tiny_dir):
     run = tmp_path / "prev"
-    (run / "samples").mkdir(parents=True)
-    (run / "samples" / "multiarith_words.jsonl").write_text('{"id": "multiarith_words-0", "completion": "1"}\n{"id": "mul')
+    (run / "multiarith_words").mkdir(parents=True)
+    (run / "multiarith_words" / "samples.jsonl").write_text('{"id": "multiarith_words-0", "completion": "1"}\n{"id": "mul')
     with pytest.raises(DataError) as e:
         evaluate(str(tiny_dir), None, ["multiarith_words"], None, data_dir=fake_data, rescore=run)
-    assert "line 2 is not valid JSON" in str(e.value) and "multiarith_words.jsonl" in str(e.value)
-    (run / "samples" / "multiarith_words.jsonl").write_text('{"id": "multiarith_words-0"}\n')
+    assert "line 2 is not valid JSON" in str(e.value) and "multiarith_words/samples.jsonl" in str(e.value)
+    (run / "multiarith_words" / "samples.jsonl").write_text('{"id": "multiarith_words-0"}\n')
     with pytest.raises(DataError, match="lacks field"):
         evaluate(str(tiny_dir), None, ["multiarith_words"], None, data_dir=fake_data, rescore=run)
 
@@ -60,12 +60,14 @@ def test_cli_eval_runs_and_writes(fake_data, tmp_path, tiny_dir, capsys):
     rc = main(["eval", "--base", str(tiny_dir), "--task", "qabot_dnd", "--limit", "2", "--max-new-tokens", "3",
                "--out", str(out), "--data-dir", str(fake_data), "--fp32", "--quiet"])
     assert rc == 0
-    doc = json.loads((out / "results.json").read_text())
+    index = json.loads((out / "results.json").read_text())
+    assert index["tasks"] == {"qabot_dnd": "qabot_dnd/results.json"} and "provenance" in index
+    doc = json.loads((out / "qabot_dnd" / "results.json").read_text())
     t = doc["tasks"]["qabot_dnd"]
     assert t["n_items"] == 2 and {"f1", "rouge_l", "exact_match", "nll_gold", "nll_gap"} <= set(t["metrics"])
     assert all(set(v) >= {"value", "stderr", "n"} for v in t["metrics"].values())
     assert doc["checksums"]["base"]["config.json"] and doc["options"]["limit"] == 2
-    lines = (out / "samples" / "qabot_dnd.jsonl").read_text().splitlines()
+    lines = (out / "qabot_dnd" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 2 and isinstance(json.loads(lines[0])["completion"], str)
     assert "qabot_dnd" in capsys.readouterr().out
     # the output exists: refused without --overwrite (exit code 2, clear message)

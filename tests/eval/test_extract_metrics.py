@@ -4,9 +4,9 @@ import pytest
 
 from lorasoups.eval.extract import (code_blocks, extract_code, extract_count, last_number, numbers_close,
                                     parse_number, strict_number)
-from lorasoups.eval.metrics import (exact_match, mean_stderr, normalize_answer, paired_compare, paired_difference,
+from lorasoups.eval.metrics import (Metric, exact_match, mean_stderr, normalize_answer, paired_compare, paired_difference,
                                     rouge_l_squad, spread, token_f1)
-from lorasoups.eval.runner import derangement
+from lorasoups.eval.likelihood import derangement
 
 
 @pytest.mark.parametrize("text,val", [
@@ -76,21 +76,28 @@ def test_text_scores_squad_style():
 
 def test_mean_stderr_and_paired():
     m = mean_stderr([1, 0, 1, 1, None])
-    assert m["n"] == 4 and m["value"] == 0.75
-    assert m["stderr"] == pytest.approx(math.sqrt((0.75 * 0.25 * 4 / 3) / 4))
-    assert mean_stderr([])["n"] == 0 and mean_stderr([2.0]) == {"value": 2.0, "stderr": 0.0, "n": 1}
+    assert m.n == 4 and m.value == 0.75
+    assert m.stderr == pytest.approx(math.sqrt((0.75 * 0.25 * 4 / 3) / 4))
+    assert mean_stderr([]).n == 0 and mean_stderr([2.0]).to_dict() == {"value": 2.0, "stderr": 0.0, "n": 1}
+    assert mean_stderr([1.0], **{"class": 3}).to_dict() == {"value": 1.0, "stderr": 0.0, "n": 1, "class": 3}
+    assert Metric.from_dict({"value": None, "stderr": None, "n": 0}).n == 0
     d = paired_difference([1, 1, 0, 1], [0, 1, 0, 0])
-    assert d["value"] == 0.5 and d["n"] == 4
+    assert d.value == 0.5 and d.n == 4
     # paired differences cancel item difficulty: a constant offset has zero standard error
     d2 = paired_difference([5.0, 1.0, 3.0], [4.0, 0.0, 2.0])
-    assert d2 == {"value": 1.0, "stderr": 0.0, "n": 3}
+    assert d2 == Metric(1.0, 0.0, 3)
     with pytest.raises(ValueError):
         paired_difference([1], [1, 2])
+    # mappings are matched by item id; items missing on either side are left out
+    d3 = paired_difference({"x": 1.0, "y": 0.0, "z": 1.0}, {"y": 1.0, "x": 1.0})
+    assert d3 == Metric(-0.5, 0.5, 2)
     a = [{"id": "x", "scores": {"acc": 1.0}}, {"id": "y", "scores": {"acc": 0.0}}, {"id": "z", "scores": {}}]
     b = [{"id": "y", "scores": {"acc": 1.0}}, {"id": "x", "scores": {"acc": 1.0}}]
-    assert paired_compare(a, b, "acc") == {"value": -0.5, "stderr": 0.5, "n": 2}
-    s = spread([{"value": 0.5, "stderr": 0.1, "n": 10}, {"value": 0.2, "stderr": 0.1, "n": 10}])
-    assert s["value"] == pytest.approx(0.3) and s["n"] == 20
+    assert paired_compare(a, b, "acc") == Metric(-0.5, 0.5, 2)
+    with pytest.raises(ValueError, match="no item"):
+        paired_compare(a, b, "f1")
+    s = spread([Metric(0.5, 0.1, 10), Metric(0.2, 0.1, 10)])
+    assert s.value == pytest.approx(0.3) and s.n == 20 and s.stderr == pytest.approx(math.sqrt(0.02))
 
 
 def test_derangement_picks_other_item_with_different_gold():

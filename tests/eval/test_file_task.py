@@ -12,7 +12,7 @@ import pytest
 from lorasoups.cli.main import main
 from lorasoups.errors import ConfigError, DataError
 from lorasoups.eval import registry
-from lorasoups.eval.registry import TASKS, get_task, register_file_task
+from lorasoups.eval.registry import TASKS, MetricInfo, get_task, register_file_task
 
 RECORDS = [
     {"prompt": "What is 2 + 3?", "answer": "5"},
@@ -46,7 +46,8 @@ def test_fields_golds_and_scores(tmp_path):
     assert s["exact_match"] == 1.0 and s["f1"] == 1.0 and s["rouge_l"] == 1.0  # best over the golds
     s = t.score(items[2], "Lyon")["scores"]
     assert s == {"exact_match": 0.0, "f1": 0.0, "rouge_l": 0.0}
-    assert t.direction("nll_gold") == "lower" and t.direction("f1") == "higher" and t.direction("nll_control") is None
+    assert t.info("nll_gold").better == "lower" and t.info("f1") == MetricInfo("primary", "higher")
+    assert t.info("nll_control") == MetricInfo("control", "none")
     assert {"nll_gold", "nll_control", "nll_gap"} <= set(t.metrics)
 
 
@@ -101,13 +102,14 @@ def test_cli_task_path_end_to_end(tmp_path, tiny_dir, capsys):
     rc = main(["eval", "--base", str(tiny_dir), "--task", f"{data}:mode=text", "--max-new-tokens", "3",
                "--out", str(out), "--fp32", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "target" / "results.json").read_text())
     t = doc["tasks"]["target"]
     assert t["n_items"] == 4 and t["kind"] == "custom"
     assert {"exact_match", "f1", "rouge_l", "nll_gold", "nll_control", "nll_gap"} <= set(t["metrics"])
     assert t["metrics"]["nll_gap"]["n"] == 4 and t["metrics"]["nll_gold"]["value"] > 0
-    assert t["primary_metrics"] == ["f1"] and t["directions"]["nll_gold"] == "lower"
-    recs = [json.loads(x) for x in (out / "samples" / "target.jsonl").read_text().splitlines()]
+    assert t["primary_metrics"] == ["f1"] and t["metric_roles"]["nll_gold"] == {"role": "score", "better": "lower"}
+    assert t["metric_roles"]["nll_control"] == {"role": "control", "better": "none"}
+    recs = [json.loads(x) for x in (out / "target" / "samples.jsonl").read_text().splitlines()]
     assert len(recs) == 4 and all(r["nll"]["control_id"] for r in recs)
 
 

@@ -105,7 +105,7 @@ def test_train_merge_eval_on_cpu_with_canonical_ids(tiny_hub, skill_file, fake_d
                  "--quiet"]) == 0
     err = capsys.readouterr().err
     assert f"base model: {TINY_ID}" in err and "recorded by the adapter" in err
-    doc = json.loads((res / "results.json").read_text())
+    doc = json.loads((res / "qabot_dnd" / "results.json").read_text())
     assert doc["model"]["base"] == TINY_ID and doc["model"]["device"] == "cpu"
     assert doc["model"]["bf16_autocast"] is False
     nll = doc["tasks"]["qabot_dnd"]["metrics"]["nll_gold"]["value"]
@@ -151,7 +151,7 @@ def test_paper_presets_use_auto_backend():
 
 
 def test_pick_backend():
-    from lorasoups.eval.runner import pick_backend
+    from lorasoups.eval.model import pick_backend
 
     assert pick_backend("auto", "cpu") == "hf"
     assert pick_backend("hf", "cuda") == "hf"
@@ -222,6 +222,13 @@ def test_every_output_folder_has_a_model_card(tiny_dir, skill_file, tmp_path):
             assert "## Training data" in card and "colours.json" in card, method
         if method != "data_mix":
             assert "## Inputs" in card, method
+    # every output records its provenance the same way (lorasoups.provenance.provenance)
+    info = {"cat": "cat_options.json", "moe": "moe_config.json", "lorahub": "lorahub_weights.json",
+            "data_mix": "train_info.json", "ties": "merge_info.json"}
+    for method, name in info.items():
+        prov = json.loads((tmp_path / method / name).read_text())["provenance"]
+        assert set(prov) == {"git_commit", "package_versions", "created"}, method
+        assert prov["package_versions"]["torch"] and prov["package_versions"]["lorasoups"], method
     assert "## CAT coefficients" in (tmp_path / "cat" / "README.md").read_text()
     assert "(weight " in (tmp_path / "lorahub" / "README.md").read_text()
     # the card does not disturb loading with PEFT

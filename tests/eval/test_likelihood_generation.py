@@ -37,7 +37,7 @@ def test_gold_and_control_nll_match_direct_computation(fake_data, tmp_path, tiny
     assert set(task["metrics"]) == {"nll_gold", "nll_control", "nll_gap", "gold_preferred"}
     assert task["metrics"]["nll_gold"]["n"] == 3
     items = {it.id: it for it in get_task("gsm_hard").load_items(fake_data)}
-    recs = read_samples(out / "samples" / "gsm_hard.jsonl")
+    recs = read_samples(out / "gsm_hard" / "samples.jsonl")
     gaps = []
     for r in recs:
         it = items[r["id"]]

@@ -119,7 +119,7 @@ def test_library_checks_before_loading(readonly_dir, tiny_dir, fake_data, two_ad
     def no_model(*a, **k):
         raise AssertionError("model loaded although the output folder is not writable")
 
-    monkeypatch.setattr(eval_runner, "_build_generator", no_model)
+    monkeypatch.setattr(eval_runner, "build_generator", no_model)
     with pytest.raises(LorasoupsError, match="cannot write in"):
         eval_runner.evaluate(str(tiny_dir), None, ["qabot_dnd"], readonly_dir / "o", data_dir=fake_data, limit=1)
     with pytest.raises(LorasoupsError, match="cannot write in"):

@@ -17,6 +17,7 @@ def _eval(tiny_dir, fake_data, out, *extra):
 
 
 def test_eval_bars_on_stderr_only(fake_data, tmp_path, tiny_dir, capsys, monkeypatch):
+    import lorasoups.eval.likelihood as likelihood
     import lorasoups.eval.runner as runner
 
     def every_update(*a, **k):  # redraw on every update, to see the per-batch counts
@@ -25,6 +26,7 @@ def test_eval_bars_on_stderr_only(fake_data, tmp_path, tiny_dir, capsys, monkeyp
         return b
 
     monkeypatch.setattr(runner, "_bar", every_update)
+    monkeypatch.setattr(likelihood, "_bar", every_update)
     monkeypatch.setenv("LORASOUPS_PROGRESS", "1")
     assert _eval(tiny_dir, fake_data, tmp_path / "o") == 0
     cap = capsys.readouterr()

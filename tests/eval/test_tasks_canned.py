@@ -60,7 +60,7 @@ def test_math_with_code_scoring(fake_data, tmp_path, tiny_dir):
         "exec_acc": 3 / 8, "exec_acc_rel": 4 / 8, "exec_acc_printed": 4 / 8, "extract_failed": 1 / 8,
         "raised": 1 / 8, "timed_out": 1 / 8, "no_return": 1 / 8}
     assert all(v["n"] == 8 for v in m.values())
-    recs = {r["id"]: r for r in read_samples(out / "samples" / "multiarith.jsonl")}
+    recs = {r["id"]: r for r in read_samples(out / "multiarith" / "samples.jsonl")}
     assert recs["multiarith-0"]["answer"] == 1234.0 and recs["multiarith-0"]["scores"]["exec_acc"] == 1.0
     assert recs["multiarith-1"]["answer"] == -5.0 and "return a - 8" in recs["multiarith-1"]["extracted"]
     assert recs["multiarith-2"]["answer"] == 2.5 and "print" not in recs["multiarith-2"]["extracted"]
@@ -73,9 +73,12 @@ def test_math_with_code_scoring(fake_data, tmp_path, tiny_dir):
     # the prompt carries the demos as chat turns before the question
     p = recs["multiarith-0"]["prompt"]
     assert p.count("<|im_start|>user") == 3 and "Olivia has $23" in p and p.endswith("<|im_start|>assistant\n")
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "multiarith" / "results.json").read_text())
     assert doc["sandbox"]["isolation"] and doc["options"]["allow_code_execution"] is True
-    assert doc["package_versions"]["torch"] and doc["wall_time_s"] >= 0
+    assert doc["provenance"]["package_versions"]["torch"] and doc["wall_time_s"] >= 0
+    # a metric is written once: in the task's folder; the top-level file only names it
+    assert doc["tasks"]["multiarith"]["metrics"]["exec_acc"]["n"] == 8
+    assert json.loads((out / "results.json").read_text())["tasks"] == {"multiarith": "multiarith/results.json"}
 
 
 def test_math_in_words_strict_and_flexible(fake_data, tiny_dir):
@@ -140,7 +143,7 @@ def test_rescore_and_paired_comparison(fake_data, tmp_path, tiny_dir):
     b = tmp_path / "b"
     evaluate(str(tiny_dir), None, ["multiarith_words"], b, generator=canned(worse), data_dir=fake_data, likelihood=False)
     d = compare_runs(a, b, "multiarith_words", "acc_strict")
-    assert d["value"] == pytest.approx(1 / 8) and d["n"] == 8
+    assert d.value == pytest.approx(1 / 8) and d.n == 8
     # re-scoring a run's samples reproduces its metrics without a model
     r = evaluate(str(tiny_dir), None, ["multiarith_words"], tmp_path / "c", data_dir=fake_data, rescore=a)
     assert r["tasks"]["multiarith_words"]["metrics"]["acc_strict"]["value"] == 3 / 8

@@ -41,8 +41,9 @@ def _cfg(tmp_path: Path, **over):
             "cat": {"params": {"max_steps": 2}},
         },
         "eval": {"options": {"limit": 4}, "tasks": {"t_target": {"role": "target"}, "t_skill": {"role": "skill", "skill": "a"}}},
-        "report": {"columns": [{"task": "t_target", "metric": "nll"}, {"task": "t_target", "metric": "acc"},
-                               {"task": "t_skill", "metric": "nll"}]},
+        "report": {"columns": [{"task": "t_target", "metric": "nll", "better": "lower"},
+                               {"task": "t_target", "metric": "acc", "better": "higher"},
+                               {"task": "t_skill", "metric": "nll", "better": "lower"}]},
     }
     raw.update(over)
     return build_config(raw, known=_known(), source=str(tmp_path / "fake.yaml"))
@@ -72,23 +73,24 @@ class Fakes:
         return {}
 
     def evaluate(self, ctx, adapter, tasks, out, options):
+        """Writes what ``lorasoups.eval.runner.evaluate`` writes: one folder per task."""
         self.calls.append(f"evaluate:{adapter.name if adapter else 'base'}:{','.join(tasks)}")
-        out.mkdir(parents=True)
-        (out / "samples").mkdir()
-        res = {"tasks": {}}
         rng = random.Random(str(adapter))
         for t in tasks:
-            items = [{"id": i, "scores": {"nll": rng.uniform(1, 2), "acc": float(rng.random() < 0.5)}} for i in range(options["limit"])]
-            (out / "samples" / f"{t}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+            (out / t).mkdir(parents=True)
+            items = [{"id": i, "completion": "x", "scores": {"nll": rng.uniform(1, 2), "acc": float(rng.random() < 0.5)}}
+                     for i in range(options["limit"])]
+            (out / t / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
             mets = {}
             for k in ("nll", "acc"):
                 v = [x["scores"][k] for x in items]
                 m = sum(v) / len(v)
                 se = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
                 mets[k] = {"value": m, "stderr": se, "n": len(v)}
-            res["tasks"][t] = {"metrics": mets}
-        (out / "results.json").write_text(json.dumps(res))
-        return res
+            entry = {"metrics": mets, "primary_metrics": ["nll"],
+                     "metric_roles": {"nll": {"role": "primary", "better": "lower"},
+                                      "acc": {"role": "score", "better": "higher"}}}
+            (out / t / "results.json").write_text(json.dumps({"tasks": {t: entry}}))
 
     def executors(self):
         return {k: self.build for k in ("train", "data_mix", "merge", "cat", "lorahub", "moe")} | {"evaluate": self.evaluate}
@@ -231,17 +233,19 @@ def test_identical_weights_evaluated_once(tmp_path, tiny_dir):
 
 
 def test_run_folder_lock(tmp_path, tiny_dir):
-    import os
+    from filelock import FileLock
 
     cfg = _cfg(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".lock").write_text(str(os.getppid()))  # a live process holds the folder
-    with pytest.raises(LorasoupsError, match="in use by another"):
-        _run(cfg, run, Fakes(tiny_dir))
-    (run / ".lock").write_text("999999999")  # stale: taken over
+    held = FileLock(run / ".lock")
+    with held:  # another run holds the folder
+        with pytest.raises(LorasoupsError, match="in use by another"):
+            _run(cfg, run, Fakes(tiny_dir))
+    (run / ".lock").write_text("999999999")  # a file left behind is no lock
     _run(cfg, run, Fakes(tiny_dir))
-    assert not (run / ".lock").exists()
+    with FileLock(run / ".lock", timeout=0):  # released at the end of the run
+        pass
 
 
 def test_moe_follows_expert_bytes(tmp_path, tiny_dir):
@@ -259,7 +263,7 @@ def test_moe_follows_expert_bytes(tmp_path, tiny_dir):
 
 
 def test_report_compare_to(tmp_path, tiny_dir):
-    rep = {"columns": [{"task": "t_target", "metric": "nll"}], "compare_to": ["linear"]}
+    rep = {"columns": [{"task": "t_target", "metric": "nll", "better": "lower"}], "compare_to": ["linear"]}
     cfg = _cfg(tmp_path, report=rep)
     run = tmp_path / "run"
     _, doc = _run(cfg, run, Fakes(tiny_dir))

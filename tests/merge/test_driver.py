@@ -66,7 +66,7 @@ def test_exact_merge_loads_in_peft(tiny_dir, adapters, tmp_path, input_ids, meth
     info = json.loads((out / "merge_info.json").read_text())
     assert info["method"] == method and info["weights"] == w and info["params"] == params
     assert [i["sha256"] for i in info["inputs"]] == [before[p] for p in paths]
-    assert info["inputs"][2]["missing_modules"] > 0 and "torch" in info["package_versions"]
+    assert info["inputs"][2]["missing_modules"] > 0 and "torch" in info["provenance"]["package_versions"]
 
 
 def test_single_adapter_and_negation_through_driver(adapters, tmp_path):

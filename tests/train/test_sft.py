@@ -55,7 +55,7 @@ def test_30_steps_lower_loss_and_folder_loads_in_peft(tmp_path, tiny_dir, skill_
     info = json.loads((out / "train_info.json").read_text())
     assert info["steps"] == 30 and info["data"][0]["sha256"] == sha256_file(skill_file)
     assert info["options"]["r"] == 8 and info["precision"]["resolved"] in ("bf16", "fp32")
-    assert info["package_versions"]["peft"] != "absent" and info["wall_time_s"] > 0
+    assert info["provenance"]["package_versions"]["peft"] != "absent" and info["wall_time_s"] > 0
     assert (info["n_train_examples"], info["n_val_examples"]) == (24, 8) and 0 < info["val_loss"] < 20
     assert leftovers(tmp_path, out) == []  # work dir removed after success
     # vanilla PEFT loads it, and its logits are base + the saved ΔW (non-zero after training)

@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a model (+ adapter) on benchmark tasks",
         description="Evaluate a base model, optionally with a PEFT LoRA adapter folder or an MoE folder, on "
-                    "tasks from `lorasoups ls tasks`. Writes OUT/results.json (metrics with standard errors, "
-                    "options, checksums, versions) and OUT/samples/<task>.jsonl.")
+                    "tasks from `lorasoups ls tasks`. Writes one folder per task, OUT/<task>/results.json (metrics "
+                    "with standard errors, options, checksums, provenance) and OUT/<task>/samples.jsonl.")
     p.add_argument("--base", default=None,
                    help="base model: embedded name, HF folder or hub id (default: the base the adapter records "
                         "as base_model_name_or_path, else smollm2-135m)")
@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite, progress=not args.quiet,
                    **EvalOptions.from_args(args, skip=("progress", "overwrite")))
     print(metric_table(res))
-    print(f"wrote {args.out}/results.json and {args.out}/samples/ ({res['wall_time_s']} s)")
+    print(f"wrote {', '.join(f'{args.out}/{t}/' for t in res['tasks'])} ({res['wall_time_s']} s)")
     return 0

@@ -31,14 +31,13 @@ e.g. BOS, exactly once), as :func:`lorasoups.prompts.encode_pair` does for train
 (end-of-turn token included, prompt tokens masked), so training, generation and likelihoods see
 the same token sequences.
 
-:class:`VLLMGenerator` (optional extra ``vllm``, import-guarded) serves a base model and a PEFT
+:class:`lorasoups.eval.vllm_backend.VLLMGenerator` (optional extra ``vllm``, import-guarded) serves a base model and a PEFT
 adapter folder with vLLM for users with a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import re
 import time
@@ -46,6 +45,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 
 from ..errors import ConfigError, ModelError
 from ..prompts import IGNORE_INDEX, encode_pair, encode_prompt
+from .prefix_cache import ACTIVE_PREFIX, cache_kv, enable_shared_prefix, make_cache, select_rows
 
 
 StopRule = Union[str, Callable[[str], Union[int, None]], None]
@@ -167,133 +167,6 @@ class CannedGenerator:
         raise NotImplementedError("CannedGenerator has no likelihoods; pass likelihood=False")
 
 
-# ---- shared-prefix attention -----------------------------------------------------------------
-PREFIX_ATTN = "lorasoups_prefix"
-_ACTIVE_PREFIX: contextvars.ContextVar[Any] = contextvars.ContextVar("lorasoups_active_prefix", default=None)
-_REGISTERED = {"done": False, "ok": False}
-
-
-def prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                     scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
-    """Attention over a shared prefix (held once) plus each row's own keys/values.
-
-    Falls back to transformers' SDPA attention when no prefix is active.
-
-    Shapes: ``query (B, Hq, q, d)``; ``key``/``value`` (this batch's rows, from the cache)
-    ``(B, Hkv, T, d)``; active prefix per layer ``(1, Hkv, P, d)``; ``attention_mask`` the rows'
-    boolean mask ``(B, 1, q, T)`` (True = attend) or None (plain causal). Query head ``h`` uses
-    key/value head ``h // (Hq / Hkv)`` (grouped-query attention). Softmax in fp32 over the
-    concatenated ``[prefix | rows]`` scores (every prefix position is visible to every row).
-
-    Returns ``(attn_output (B, q, Hq, d), None)`` as transformers' attention functions do.
-    """
-    import torch
-
-    kv = _ACTIVE_PREFIX.get()
-    if kv is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    kp, vp = kv[module.layer_idx]
-    B, Hq, q, d = query.shape
-    Hkv, T, P = key.shape[1], key.shape[2], kp.shape[2]
-    G = Hq // Hkv
-    M = G * q
-    scale = scaling if scaling is not None else d ** -0.5
-    qg = query.reshape(B, Hkv, M, d)  # (B, Hkv, G*q, d): heads of one kv group, then positions
-    qf = qg.transpose(0, 1).reshape(Hkv, B * M, d)  # (Hkv, B*G*q, d): prefix read once per layer
-    s_p = torch.bmm(qf, kp[0].transpose(1, 2).to(qf.dtype)).view(Hkv, B, M, P).transpose(0, 1)  # (B, Hkv, M, P)
-    s_r = torch.matmul(qg, key.transpose(-1, -2).to(qg.dtype))  # (B, Hkv, M, T)
-    if attention_mask is not None:
-        am = attention_mask[..., -T:]
-        allowed = am if am.dtype == torch.bool else (am == 0)
-        allowed = allowed.expand(B, 1, q, T)
-    elif q > 1:
-        i = torch.arange(q, device=query.device)[:, None]
-        j = torch.arange(T, device=query.device)[None, :]
-        allowed = (j <= i + (T - q))[None, None].expand(B, 1, q, T)
-    else:
-        allowed = None
-    s = torch.cat([s_p, s_r], -1).float() * scale  # (B, Hkv, M, P+T)
-    if allowed is not None:
-        rows_ok = allowed[:, :, None].expand(B, 1, G, q, T).reshape(B, 1, M, T)
-        full_ok = torch.cat([torch.ones((B, 1, M, P), dtype=torch.bool, device=s.device), rows_ok], -1)
-        s = s.masked_fill(~full_ok, float("-inf"))
-    p = torch.softmax(s, -1).to(value.dtype)
-    p_p = p[..., :P].transpose(0, 1).reshape(Hkv, B * M, P)
-    out_p = torch.bmm(p_p, vp[0].to(p_p.dtype)).view(Hkv, B, M, d).transpose(0, 1)  # (B, Hkv, M, d)
-    out = out_p + torch.matmul(p[..., P:], value)  # (B, Hkv, M, d)
-    out = out.reshape(B, Hq, q, d).transpose(1, 2).contiguous()  # (B, q, Hq, d)
-    return out, None
-
-
-def _register_prefix_attention() -> bool:
-    """Register :func:`prefix_attention` (and SDPA's mask builder) with transformers, once."""
-    if _REGISTERED["done"]:
-        return _REGISTERED["ok"]
-    _REGISTERED["done"] = True
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(PREFIX_ATTN, prefix_attention)
-        AttentionMaskInterface.register(PREFIX_ATTN, sdpa_mask)
-        _REGISTERED["ok"] = True
-    except Exception:  # older transformers: use the copying fallback
-        _REGISTERED["ok"] = False
-    return _REGISTERED["ok"]
-
-
-def _enable_shared_prefix(model: Any) -> bool:
-    """Switch ``model``'s attention from SDPA to :func:`prefix_attention` (identical results
-    while no prefix is active). False when the model does not use SDPA through the interface."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = getattr(base, "config", None)
-    if cfg is None or not _register_prefix_attention():
-        return False
-    cur = getattr(cfg, "_attn_implementation", None)
-    if cur == PREFIX_ATTN:
-        return True
-    if cur != "sdpa":
-        return False
-    if not any(hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups") for m in base.modules()):
-        return False
-    try:
-        cfg._attn_implementation = PREFIX_ATTN
-    except Exception:
-        return False
-    return cfg._attn_implementation == PREFIX_ATTN
-
-
-def _cache_kv(cache: Any) -> list[tuple[Any, Any]]:
-    """Per-layer (keys, values) of a transformers cache; shapes (batch, kv_heads, seq, head_dim)."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [(k, v) for k, v in cache]
-
-
-def _make_cache(kv: list[tuple[Any, Any]], config: Any, batch: int) -> Any:
-    """A fresh DynamicCache holding ``kv`` repeated ``batch`` times (copied, never shared)."""
-    from transformers import DynamicCache
-
-    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
-    try:
-        return DynamicCache(data, config=config)
-    except TypeError:  # older transformers
-        return DynamicCache.from_legacy_cache(tuple((k.contiguous(), v.contiguous()) for k, v in data))
-
-
-def _select_rows(cache: Any, idx: Any) -> None:
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(idx)
-        return
-    for layer in cache.layers:  # pragma: no cover - old API
-        layer.keys, layer.values = layer.keys[idx], layer.values[idx]
-
-
 class HFGenerator:
     """Batched greedy generation with prefix caching, and teacher-forced likelihoods.
 
@@ -321,7 +194,7 @@ class HFGenerator:
             raise ConfigError(f"prefix_mode must be auto, shared or copy, got {prefix_mode!r}")
         self.prefix_mode = "off"
         if prefix_cache:
-            shared = prefix_mode in ("auto", "shared") and _enable_shared_prefix(model)
+            shared = prefix_mode in ("auto", "shared") and enable_shared_prefix(model)
             if prefix_mode == "shared" and not shared:
                 raise ConfigError("prefix_mode='shared' needs a model whose attention runs through "
                                   "transformers' SDPA AttentionInterface; use prefix_mode='copy'")
@@ -408,15 +281,15 @@ class HFGenerator:
         return encode_prompt(self.tok, prompt)
 
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, last_only: bool, shared_kv: Any = None):
-        """One forward pass; ``shared_kv`` activates :func:`prefix_attention` for its duration."""
+        """One forward pass; ``shared_kv`` activates :func:`lorasoups.eval.prefix_cache.prefix_attention` for its duration."""
         kw: dict[str, Any] = {self._cache_kw: cache}
         if last_only and self._keep_kw:
             kw[self._keep_kw] = 1
-        token = _ACTIVE_PREFIX.set(shared_kv)
+        token = ACTIVE_PREFIX.set(shared_kv)
         try:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
         finally:
-            _ACTIVE_PREFIX.reset(token)
+            ACTIVE_PREFIX.reset(token)
         new_cache = out.get("cache") if "cache" in out else None
         if new_cache is None:
             new_cache = out.get("past_key_values")
@@ -435,7 +308,7 @@ class HFGenerator:
         mask = torch.ones_like(ids)
         pos = torch.arange(len(prefix), device=self.device)[None]
         _, cache = self._forward(ids, mask, pos, None, last_only=True)
-        kv = [(k.detach(), v.detach()) for k, v in _cache_kv(cache)]
+        kv = [(k.detach(), v.detach()) for k, v in cache_kv(cache)]
         self._prefix_memo = (key, kv)
         return kv
 
@@ -466,7 +339,7 @@ class HFGenerator:
         """Run the suffixes after the prefix. Returns ``(logits, cache, mask, pos, offsets, shared)``."""
         shared = kv if (kv is not None and self.prefix_mode == "shared") else None
         ids, mask, pos, offs = self._batch_inputs(suffixes, P, include_prefix_in_mask=shared is None)
-        cache = _make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
+        cache = make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
         logits, cache = self._forward(ids, mask, pos, cache, last_only=last_only, shared_kv=shared)
         return logits, cache, mask, pos, offs, shared
 
@@ -547,7 +420,7 @@ class HFGenerator:
                 break
             if len(keep) < len(rows):
                 sel = torch.tensor(keep, device=self.device)
-                _select_rows(cache, sel)
+                select_rows(cache, sel)
                 mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
@@ -609,83 +482,5 @@ class HFGenerator:
         return [o for o in out if o is not None]
 
 
-class VLLMGenerator:
-    """Generation with vLLM (optional extra: ``pip install lorasoups[vllm]``; needs a GPU).
-
-    Serves ``base`` with the PEFT adapter folder ``adapter`` (LoRA) through ``LoRARequest``, greedy
-    (temperature 0), automatic prefix caching on. Likelihoods use vLLM's prompt log-probabilities
-    on :func:`lorasoups.prompts.encode_pair` ids.
-
-    Raises:
-        ConfigError: vLLM is not installed, or the adapter is an MoE folder (vLLM cannot serve it).
-    """
-
-    def __init__(self, base_path: str, tokenizer: Any, adapter: str | None = None, *, max_lora_rank: int = 64,
-                 gpu_memory_utilization: float = 0.8, **llm_kw: Any):
-        try:
-            from vllm import LLM, SamplingParams  # noqa: F401
-        except ImportError:
-            raise ConfigError("--backend vllm needs the optional vLLM extra (pip install 'lorasoups[vllm]') "
-                              "and a GPU; use --backend hf on CPUs") from None
-        from vllm import LLM
-
-        self.tok = tokenizer
-        self.adapter = adapter
-        self.llm = LLM(model=base_path, tokenizer=base_path, enable_lora=adapter is not None,
-                       max_lora_rank=max_lora_rank, enable_prefix_caching=True,
-                       gpu_memory_utilization=gpu_memory_utilization, **llm_kw)
-        self._lora = None
-        if adapter is not None:
-            from vllm.lora.request import LoRARequest
-
-            self._lora = LoRARequest("adapter", 1, str(adapter))
-        self.stats = {"generated_tokens": 0, "generate_s": 0.0}
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 stop_rule: StopRule | Sequence[StopRule] = None) -> list[str]:
-        """Greedy completions; stop strings end generation in vLLM, stop rules cut the finished
-        texts (the same cut as token by token, see :class:`CannedGenerator`)."""
-        from vllm import SamplingParams
-
-        t0 = time.perf_counter()
-        sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
-                            skip_special_tokens=True)
-        reqs = [{"prompt_token_ids": encode_prompt(self.tok, p)} for p in prompts]
-        res = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=False)
-        out = []
-        for r, rule in zip(res, per_prompt_rules(stop_rule, len(prompts))):
-            o = r.outputs[0]
-            self.stats["generated_tokens"] += len(o.token_ids)
-            out.append(truncate_at_stop(o.text, stop, rule)[0])
-        self.stats["generate_s"] += time.perf_counter() - t0
-        return out
-
-    def nll(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
-        from vllm import SamplingParams
-
-        encs = [encode_pair(self.tok, p, r) for p, r in zip(prompts, responses)]
-        sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        res = self.llm.generate([{"prompt_token_ids": e["input_ids"]} for e in encs], sp,
-                                lora_request=self._lora, use_tqdm=False)
-        out = []
-        for e, r in zip(encs, res):
-            tot, n = 0.0, 0
-            for t, (tid, lab) in enumerate(zip(e["input_ids"], e["labels"])):
-                if lab == IGNORE_INDEX or t == 0:
-                    continue
-                lp = r.prompt_logprobs[t][tid].logprob
-                tot -= lp
-                n += 1
-            out.append({"nll": tot / n if n else float("nan"), "sum": tot, "n_tokens": n})
-        return out
-
-
-def check_backend(name: str) -> str:
-    """Validate a backend name (``hf`` or ``vllm``)."""
-    if name not in ("hf", "vllm"):
-        raise ConfigError(f"unknown backend {name!r}; use hf or vllm")
-    return name
-
-
-__all__ = ["Generator", "HFGenerator", "VLLMGenerator", "CannedGenerator", "cpu_supports_bf16",
+__all__ = ["Generator", "HFGenerator", "CannedGenerator", "cpu_supports_bf16",
            "truncate_at_stop", "per_prompt_rules", "StopRule", "common_prefix_len", "ModelError"]

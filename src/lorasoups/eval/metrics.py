@@ -1,9 +1,9 @@
 """Metric values with standard errors, paired comparisons, and text-overlap scores.
 
-Every reported metric is ``{"value": float, "stderr": float, "n": int}``. Means over items use the
-standard error of the mean ``s / sqrt(n)`` with the sample standard deviation ``s`` (ddof 1); a
-proportion is the mean of 0/1 values, so its standard error is ``sqrt(p(1-p)/(n-1))``, close to the
-binomial ``sqrt(p(1-p)/n)``. Comparisons of two models on the same items are paired: the mean of the
+Every reported metric is a :class:`Metric` (``value``, ``stderr``, ``n``; the same keys in JSON).
+Means over items use the standard error of the mean ``s / sqrt(n)`` with the sample standard
+deviation ``s`` (ddof 1); a proportion is the mean of 0/1 values, so its standard error is
+``sqrt(p(1-p)/(n-1))``, close to the binomial ``sqrt(p(1-p)/n)``. Comparisons of two models on the same items are paired: the mean of the
 per-item differences and the standard error of that mean (items are matched by id).
 
 Text scores follow the SQuAD v1.1 evaluation script's definitions (Rajpurkar et al., 2016):
@@ -25,64 +25,96 @@ import math
 import re
 import string
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-Metric = dict  # {"value": float, "stderr": float, "n": int}
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: the mean ``value`` over ``n`` items and its standard error ``stderr``
+    (nan for ``n = 0``, 0 for ``n = 1``). ``extra`` holds descriptive fields written next to them in
+    ``results.json`` (e.g. ``{"class": 3}`` for a majority rate); it takes no part in equality."""
+
+    value: float
+    stderr: float
+    n: int
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value", "stderr", "n", **extra}``: the form written to ``results.json``."""
+        return {"value": self.value, "stderr": self.stderr, "n": self.n, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Metric":
+        """The inverse of :meth:`to_dict` (``None`` values, as JSON writes nan, become nan)."""
+        nan = float("nan")
+        extra = {k: v for k, v in d.items() if k not in ("value", "stderr", "n")}
+        return cls(nan if d.get("value") is None else float(d["value"]),
+                   nan if d.get("stderr") is None else float(d["stderr"]), int(d.get("n") or 0), extra)
 
 
-def mean_stderr(values: Iterable[float | None]) -> Metric:
-    """Mean of the non-None ``values`` with its standard error and count.
+def mean_stderr(values: Iterable[float | None], **extra: Any) -> Metric:
+    """Mean of the non-None, non-nan ``values`` with its standard error (ddof 1) and count.
 
-    Returns ``{"value": nan, "stderr": nan, "n": 0}`` for no values and ``stderr = 0`` for one.
+    Returns ``Metric(nan, nan, 0)`` for no values and ``stderr = 0`` for one.
     """
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     n = len(xs)
     if n == 0:
-        return {"value": float("nan"), "stderr": float("nan"), "n": 0}
+        return Metric(float("nan"), float("nan"), 0, extra)
     m = sum(xs) / n
     if n == 1:
-        return {"value": m, "stderr": 0.0, "n": 1}
+        return Metric(m, 0.0, 1, extra)
     var = sum((x - m) ** 2 for x in xs) / (n - 1)
-    return {"value": m, "stderr": math.sqrt(var / n), "n": n}
+    return Metric(m, math.sqrt(var / n), n, extra)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> Metric:
-    """Paired difference ``mean(a_i - b_i)`` over the same items, with its standard error.
+def paired_difference(a: Mapping[Any, float | None] | Sequence[float | None],
+                      b: Mapping[Any, float | None] | Sequence[float | None]) -> Metric:
+    """Paired difference ``mean(a_i - b_i)`` over the items both score, with its standard error
+    ``sd(d, ddof=1) / sqrt(n)``. Mappings are matched by key (item id); two sequences item by item.
+    ``value > 0``: ``a`` scored higher.
 
     Raises:
-        ValueError: ``a`` and ``b`` have different lengths.
+        ValueError: two sequences of different lengths.
     """
-    if len(a) != len(b):
+    if not isinstance(a, Mapping) and not isinstance(b, Mapping) and len(a) != len(b):
         raise ValueError(f"paired_difference: {len(a)} vs {len(b)} values; pairs must match item by item")
-    return mean_stderr([None if (x is None or y is None) else float(x) - float(y) for x, y in zip(a, b)])
+    da = a if isinstance(a, Mapping) else dict(enumerate(a))
+    db = b if isinstance(b, Mapping) else dict(enumerate(b))
+    return mean_stderr([float(da[k]) - float(db[k]) for k in da
+                        if k in db and da[k] is not None and db[k] is not None])
+
+
+def item_scores(records: Iterable[Mapping[str, Any]], metric: str) -> dict[Any, float]:
+    """Per-item values of ``metric`` (``samples.jsonl`` records: ``id`` -> ``scores[metric]``);
+    items without a finite value are left out."""
+    out: dict[Any, float] = {}
+    for r in records:
+        v = (r.get("scores") or {}).get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[r["id"]] = float(v)
+    return out
 
 
 def paired_compare(samples_a: Sequence[Mapping[str, Any]], samples_b: Sequence[Mapping[str, Any]], metric: str) -> Metric:
-    """Paired comparison of two runs' per-item scores (``samples/<task>.jsonl`` records).
-
-    Items are matched by ``id``; only items present in both runs with a value for ``metric`` in
-    their ``scores`` count. Returns ``{"value": mean(a - b), "stderr", "n"}``; ``value > 0`` means
-    run ``a`` scored higher.
+    """Paired comparison of two runs' per-item scores (``samples.jsonl`` records), matched
+    by ``id``; see :func:`paired_difference`.
 
     Raises:
         ValueError: no item has the metric in both runs.
     """
-    sa = {r["id"]: r.get("scores", {}).get(metric) for r in samples_a}
-    sb = {r["id"]: r.get("scores", {}).get(metric) for r in samples_b}
-    ids = [i for i in sa if i in sb and sa[i] is not None and sb[i] is not None]
-    if not ids:
+    d = paired_difference(item_scores(samples_a, metric), item_scores(samples_b, metric))
+    if d.n == 0:
         raise ValueError(f"paired_compare: no item has metric {metric!r} in both runs")
-    return paired_difference([sa[i] for i in ids], [sb[i] for i in ids])
+    return d
 
 
 def compare_runs(run_a: str, run_b: str, task: str, metric: str) -> Metric:
     """Paired comparison of two ``lorasoups eval`` output folders on one task's metric."""
-    from pathlib import Path
+    from .samples import read_samples, samples_path
 
-    from .samples import read_samples
-
-    return paired_compare(read_samples(Path(run_a) / "samples" / f"{task}.jsonl"),
-                          read_samples(Path(run_b) / "samples" / f"{task}.jsonl"), metric)
+    return paired_compare(read_samples(samples_path(run_a, task)), read_samples(samples_path(run_b, task)), metric)
 
 
 def spread(metrics: Sequence[Metric]) -> Metric:
@@ -91,13 +123,12 @@ def spread(metrics: Sequence[Metric]) -> Metric:
     The standard error is approximated by ``sqrt(se_max^2 + se_min^2)`` (the two extreme groups
     treated as independent, ignoring the selection of the extremes); ``n`` sums the groups.
     """
-    ms = [m for m in metrics if m["n"] > 0]
+    ms = [m for m in metrics if m.n > 0]
     if not ms:
-        return {"value": float("nan"), "stderr": float("nan"), "n": 0}
-    hi = max(ms, key=lambda m: m["value"])
-    lo = min(ms, key=lambda m: m["value"])
-    return {"value": hi["value"] - lo["value"], "stderr": math.sqrt(hi["stderr"] ** 2 + lo["stderr"] ** 2),
-            "n": sum(m["n"] for m in ms)}
+        return Metric(float("nan"), float("nan"), 0)
+    hi = max(ms, key=lambda m: m.value)
+    lo = min(ms, key=lambda m: m.value)
+    return Metric(hi.value - lo.value, math.sqrt(hi.stderr ** 2 + lo.stderr ** 2), sum(m.n for m in ms))
 
 
 # ---- text overlap (SQuAD-style) ------------------------------------------------------------
@@ -131,19 +162,23 @@ def token_f1(pred: str, gold: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-def _lcs_len(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+class _SquadTokens:
+    """A ``rouge-score`` tokenizer giving the SQuAD-normalised tokens (:func:`normalize_answer`)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize_answer(text).split()
 
 
-_ROUGE_SCORERS: dict[bool, Any] = {}
+_ROUGE_SCORERS: dict[Any, Any] = {}
+
+
+def _rouge_l_f(pred: str, gold: str, use_stemmer: bool = False, tokenizer: Any = None) -> float:
+    key = (bool(use_stemmer), type(tokenizer))
+    if key not in _ROUGE_SCORERS:
+        from rouge_score import rouge_scorer
+
+        _ROUGE_SCORERS[key] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer, tokenizer=tokenizer)
+    return float(_ROUGE_SCORERS[key].score(gold or "", pred or "")["rougeL"].fmeasure)
 
 
 def rouge_l(pred: str, gold: str, use_stemmer: bool = False) -> float:
@@ -153,34 +188,14 @@ def rouge_l(pred: str, gold: str, use_stemmer: bool = False) -> float:
     Tokens: lower-case, every character outside ``[a-z0-9]`` separates tokens (articles and
     numbers kept; non-ASCII letters dropped); Porter stemming only with ``use_stemmer``. 0.0 when
     either side has no token. Lin (2004), Sec. 3.1 (ROUGE-L, beta = 1).
-
-    Raises:
-        ImportError: the ``rouge-score`` dependency is not installed.
     """
-    scorer = _ROUGE_SCORERS.get(bool(use_stemmer))
-    if scorer is None:
-        try:
-            from rouge_score import rouge_scorer
-        except ImportError as e:  # a declared dependency; say how to get it
-            raise ImportError("rouge_l needs the rouge-score package: pip install rouge-score") from e
-        scorer = _ROUGE_SCORERS[bool(use_stemmer)] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return float(scorer.score(gold or "", pred or "")["rougeL"].fmeasure)
+    return _rouge_l_f(pred, gold, use_stemmer)
 
 
 def rouge_l_squad(pred: str, gold: str) -> float:
-    """ROUGE-L F-measure (beta = 1) from the longest common subsequence of SQuAD-normalised tokens
-    (:func:`normalize_answer`: lower-case, punctuation and articles dropped); 1.0 when both are
-    empty, 0.0 when only one is. Not the ``rouge-score`` value (see :func:`rouge_l`)."""
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    if not p or not g:
-        return float(p == g)
-    lcs = _lcs_len(p, g)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(g)
-    return 2 * prec * rec / (prec + rec)
-
-
-def best_over_golds(fn, pred: str, golds: Sequence[str]) -> float:
-    """Max of ``fn(pred, gold)`` over several gold answers (SQuAD convention)."""
-    return max(fn(pred, g) for g in golds) if golds else 0.0
+    """ROUGE-L F-measure (beta = 1) of the SQuAD-normalised tokens (:func:`normalize_answer`:
+    lower-case, punctuation and articles dropped), computed by ``rouge-score`` with that
+    tokenizer; 1.0 when both are empty, 0.0 when only one is. Not the :func:`rouge_l` value."""
+    if not normalize_answer(pred) and not normalize_answer(gold):
+        return 1.0
+    return _rouge_l_f(pred, gold, tokenizer=_SquadTokens())

@@ -2,24 +2,16 @@
 with vanilla ``PeftModel.from_pretrained``, as any user would, when its keys are PEFT's own; known
 key variants are mapped; a post-load check refuses any tensor left unattached — see
 :mod:`lorasoups.io.attach`) or an MoE folder (loaded with
-``lorasoups.moe.load_moe_model``, import-guarded).
+``lorasoups.moe.load_moe_model``), and building the generation backend for it.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError
-
-
-def _moe_api():
-    """``(is_moe_folder, load_moe_model)`` or ``(None, None)`` while lorasoups.moe is unavailable."""
-    try:
-        from ..moe import is_moe_folder, load_moe_model  # type: ignore[attr-defined]
-    except ImportError:
-        return None, None
-    return is_moe_folder, load_moe_model
+from ..errors import AdapterError, ConfigError
 
 
 def adapter_kind(adapter: str | Path) -> str:
@@ -31,13 +23,13 @@ def adapter_kind(adapter: str | Path) -> str:
     p = Path(adapter)
     if not p.is_dir():
         raise AdapterError(f"{p}: adapter folder does not exist")
-    is_moe, _ = _moe_api()
-    if is_moe is not None and is_moe(p):
+    from ..moe import is_moe_folder
+
+    if is_moe_folder(p):
         return "moe"
     if (p / "adapter_config.json").is_file():
         return "lora"
-    hint = "" if is_moe is not None else " (MoE folders need lorasoups.moe, which is not available in this install)"
-    raise AdapterError(f"{p}: not a PEFT adapter folder (no adapter_config.json) nor an MoE folder{hint}")
+    raise AdapterError(f"{p}: not a PEFT adapter folder (no adapter_config.json) nor an MoE folder")
 
 
 def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora: bool = True,
@@ -65,9 +57,10 @@ def load_eval_model(base: str, adapter: str | Path | None = None, *, merge_lora:
     kind = adapter_kind(adapter)
     info.update(adapter=str(Path(adapter).resolve()), adapter_kind=kind)
     if kind == "moe":
-        _, load_moe = _moe_api()
+        from ..moe import load_moe_model
+
         try:
-            model = load_moe(model, str(adapter))
+            model = load_moe_model(model, str(adapter))
         except AdapterError as e:
             raise AdapterError(with_bases(str(e), base, adapter)) from None
         model.eval()
@@ -112,3 +105,56 @@ def checksums(info: dict[str, Any]) -> dict[str, Any]:
     if info.get("adapter"):
         out["adapter"] = sha256_dir(info["adapter"])
     return out
+
+
+def base_for_adapter(adapter: str | Path | None) -> str:
+    """The base model to evaluate ``adapter`` on when none is given: the one the adapter records
+    (a line on stderr says so), else the default embedded model."""
+    from ..models import DEFAULT_BASE
+
+    if adapter is None:
+        return DEFAULT_BASE
+    from ..io.card import recorded_base
+
+    rec = recorded_base(adapter)
+    if rec:
+        print(f"[eval] base model: {rec} (recorded by the adapter {adapter}; --base to choose another)",
+              file=sys.stderr, flush=True)
+        return rec
+    print(f"[eval] base model: {DEFAULT_BASE} (the adapter {adapter} records none)", file=sys.stderr, flush=True)
+    return DEFAULT_BASE
+
+
+def pick_backend(backend: str, device: str) -> str:
+    """``hf`` or ``vllm`` for a ``backend`` option: ``auto`` is vllm when the ``vllm`` package is
+    installed and the device is CUDA, else hf."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def build_generator(base: str, adapter: Any, opts: dict[str, Any]):
+    """The backend for ``opts['backend']``: ``(generator, tokenizer, model_info)``."""
+    from ..devices import eval_bf16, resolve_device
+
+    device = resolve_device(opts["device"])
+    backend = pick_backend(opts["backend"], device)
+    if backend == "vllm":
+        from ..models import load_tokenizer, resolve_base
+        from .vllm_backend import VLLMGenerator
+        if adapter is not None and adapter_kind(adapter) == "moe":
+            raise ConfigError(f"{adapter}: vLLM cannot serve an MoE folder; use --backend hf")
+        tok = load_tokenizer(base)
+        gen = VLLMGenerator(resolve_base(base), tok, str(adapter) if adapter else None)
+        info = {"base": base, "base_path": resolve_base(base), "adapter": str(adapter) if adapter else None,
+                "adapter_kind": "lora" if adapter else None, "backend": "vllm", "device": device}
+        return gen, tok, info
+    from .generate import HFGenerator
+
+    model, tok, info = load_eval_model(base, adapter, merge_lora=opts["merge_lora"], device=device)
+    bf16 = opts["bf16"] if opts["bf16"] is not None else eval_bf16(opts["precision"])
+    gen = HFGenerator(model, tok, batch_size=opts["batch_size"], prefix_cache=opts["prefix_cache"], bf16=bf16)
+    info = {**info, "backend": "hf", "device": device, "bf16_autocast": gen.bf16}
+    return gen, tok, info

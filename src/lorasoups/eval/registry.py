@@ -19,12 +19,32 @@ from typing import Any, Sequence
 
 from ..errors import DataError
 from ..prompts import has_chat_template, render_prompt, user_text
-from ..registry import Registry, lazy_loader
+from ..registry import Registry, UnknownNameError, lazy_loader
 from .metrics import Metric, mean_stderr
 
 LIKELIHOOD_METRICS = ("nll_gold", "nll_control", "nll_gap", "gold_preferred")
-DEFAULT_DIRECTIONS: dict[str, str | None] = {"nll_gold": "lower", "nll_control": None, "nll_gap": "higher",
-                                             "gold_preferred": "higher"}
+#: ``primary``/``score``: goals, ranked (best marked, gains, super-linearity); ``failure`` rates,
+#: ``control`` values and ``diagnostic``s (describe the predictions) are reported, never ranked.
+ROLES = ("primary", "score", "failure", "control", "diagnostic")
+RANKED_ROLES = ("primary", "score")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric's declaration: its ``role`` (one of :data:`ROLES`) and which direction is better,
+    ``"higher"`` / ``"lower"``, or ``"none"`` for a metric that is never ranked (not a goal)."""
+
+    role: str = "score"
+    better: str = "higher"
+
+    @property
+    def ranked(self) -> bool:
+        return self.role in RANKED_ROLES
+
+
+#: The likelihood metrics of every task with gold responses (see :mod:`lorasoups.eval.runner`).
+LIKELIHOOD_INFO = {"nll_gold": MetricInfo("score", "lower"), "nll_control": MetricInfo("control", "none"),
+                   "nll_gap": MetricInfo("score", "higher"), "gold_preferred": MetricInfo("score", "higher")}
 #: Entry-point group for tasks defined outside the package (docs/evaluation.md, "Registering a task").
 ENTRY_POINT_GROUP = "lorasoups.tasks"
 
@@ -112,7 +132,9 @@ class Task:
             metrics when the task has gold responses).
         primary_metrics: the metrics that summarise the task (default: the first completion
             metric, or ``nll_gap`` for a likelihood-only task); reported in ``results.json``.
-        metric_directions: ``{metric: "higher" | "lower"}`` overrides of :meth:`direction`.
+        metric_info: ``{metric: MetricInfo}`` for the completion metrics that are not
+            higher-is-better scores (failure rates, diagnostics, lower-is-better scores); see
+            :meth:`info`.
     """
 
     name: str = ""
@@ -131,25 +153,36 @@ class Task:
     likelihood_note: str | None = None
     score_metrics: tuple[str, ...] = ()
     primary_metrics: tuple[str, ...] = ()
-    metric_directions: dict[str, str] = {}
+    metric_info: dict[str, MetricInfo] = {}
 
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(self.score_metrics) + (() if self.likelihood_note else LIKELIHOOD_METRICS)
 
-    def primary(self) -> tuple[str, ...]:
-        """The primary metrics (:attr:`primary_metrics`, default the first completion metric)."""
-        if self.primary_metrics:
-            return tuple(self.primary_metrics)
-        return tuple(self.score_metrics[:1]) or (("nll_gap",) if not self.likelihood_note else ())
+    def primary(self, available: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The primary metrics (:attr:`primary_metrics`, default the first completion metric);
+        with ``available`` (the metrics a run reported), those of them that are there, else
+        ``nll_gap`` when there (a likelihood-only run)."""
+        p = tuple(self.primary_metrics) or tuple(self.score_metrics[:1]) or (("nll_gap",) if not self.likelihood_note else ())
+        if available is None:
+            return p
+        return tuple(m for m in p if m in available) or (("nll_gap",) if "nll_gap" in available else ())
 
-    def direction(self, metric: str) -> str | None:
-        """``"higher"`` or ``"lower"`` (which is better) for ``metric``; None when neither is
-        (``nll_control``, the likelihood of a mismatched answer, is a reference, not a goal).
-        Default: lower for ``nll_gold``, higher for every other metric."""
-        if metric in self.metric_directions:
-            return self.metric_directions[metric]
-        return DEFAULT_DIRECTIONS.get(metric, "higher")
+    def info(self, metric: str) -> MetricInfo:
+        """The declaration of ``metric``: primary metrics have role ``primary`` (direction from
+        :attr:`metric_info`, default higher); others as declared in :attr:`metric_info` or
+        :data:`LIKELIHOOD_INFO`, else a higher-is-better ``score``. A role that is not ranked
+        always has ``better = "none"``.
+
+        Raises:
+            UnknownNameError: the task reports no metric called ``metric``.
+        """
+        if metric not in self.metrics:
+            raise UnknownNameError(f"task {self.name!r} has no metric {metric!r}; metrics: {', '.join(self.metrics)}")
+        decl = self.metric_info.get(metric) or LIKELIHOOD_INFO.get(metric) or MetricInfo()
+        if metric in self.primary():
+            return MetricInfo("primary", decl.better)
+        return decl if decl.ranked else MetricInfo(decl.role, "none")
 
     # -- data -------------------------------------------------------------------------------
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
@@ -318,15 +351,23 @@ def register_file_task(spec: str | Path, base_dir: str | Path | None = None) -> 
     load_tasks()
     if task.name in TASKS:
         old = TASKS.get(task.name)
-        if isinstance(old, FileTask) and old.path == task.path and old.version == task.version and old.mode == task.mode:
-            return old
-        if isinstance(old, FileTask):  # the same name re-read (a changed file or options): replace it
-            if old.path == task.path:
-                TASKS._items[task.name] = task
-                return task
+        if isinstance(old, FileTask) and old.path == task.path:
+            if old.version == task.version and old.mode == task.mode:
+                return old
+            TASKS._items[task.name] = task  # the same file re-read (changed content or options): replace it
+            return task
         raise ConfigError(f"task file {task.path}: the task name {task.name!r} is already taken"
                           f" by {getattr(old, 'path', 'a built-in task')}; add :name=OTHER to the spec")
     return register_task(task)
+
+
+def metric_better(task: str, metric: str) -> str:
+    """``"higher"``, ``"lower"`` or ``"none"`` (never ranked) for ``metric`` of the registered task
+    ``task``, from the task's declaration (:meth:`Task.info`); ``"none"`` for an unknown name."""
+    try:
+        return get_task(task).info(metric).better
+    except KeyError:  # UnknownNameError: unknown task or metric
+        return "none"
 
 
 def load_records(dataset: str, data_dir: str | Path | None, task: str) -> list[dict[str, Any]]:

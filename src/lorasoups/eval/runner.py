@@ -1,42 +1,34 @@
-"""``evaluate``: run tasks on a model and write ``results.json`` + ``samples/<task>.jsonl``.
+"""``evaluate``: run tasks on a model and write one folder per task (``<task>/results.json`` +
+``<task>/samples.jsonl``).
 
 For every task: load the items (first ``limit``), render prompts (few-shot demos as chat turns),
 generate greedy completions (unless ``generate=False``), extract answers, run programs in the
 sandbox (code tasks, with ``allow_code_execution=True``), score, and — for every task whose items
-have a gold response — compute teacher-forced likelihoods:
-
-* ``nll_gold``: mean per-token negative log-likelihood (nats/token) of the item's gold response
-  after the item's prompt (:func:`lorasoups.prompts.encode_pair` ids: response + end-of-turn
-  token, prompt tokens masked);
-* ``nll_control``: the same for a *mismatched* gold response — another item's, chosen by a fixed
-  derangement (item ``i`` takes the first item ``(i + k) mod n``, ``k = n//2, n//2+1, ...``, whose
-  gold response differs from item ``i``'s);
-* ``nll_gap`` = ``nll_control - nll_gold`` per item (positive: the model prefers this item's own
-  answer, i.e. knows the item and not only the domain's style); ``gold_preferred`` = share of
-  items with ``nll_gold < nll_control``.
-
-Every metric is ``{"value", "stderr", "n"}`` (see :mod:`lorasoups.eval.metrics`); per-item values
-are in the samples file (``scores``), so two runs can be compared item by item with
+have a gold response — compute teacher-forced likelihoods (:mod:`lorasoups.eval.likelihood`).
+Every metric is a :class:`~lorasoups.eval.metrics.Metric` (``{"value", "stderr", "n"}`` in JSON) with
+its role and direction declared by the task (:meth:`lorasoups.eval.registry.Task.info`); per-item
+values are in the samples file (``scores``), so two runs can be compared item by item with
 :func:`lorasoups.eval.metrics.paired_compare` / :func:`~lorasoups.eval.metrics.compare_runs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
+from collections import Counter
+from dataclasses import asdict
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError, DataError
 from ..progress import bar as _bar
-from .metrics import Metric, mean_stderr
+from .likelihood import bar_per_batch, likelihood_scores
+from .model import base_for_adapter, build_generator
+from .registry import LIKELIHOOD_METRICS, Item, Task, get_task, load_tasks
+from .samples import RESULTS_FILE, _finite, read_samples, samples_path, write_task_folder
 from .options import EvalOptions
-from .registry import Item, Task, get_task, load_tasks
-from .samples import _finite, read_samples, write_samples
 
 OPTION_DEFAULTS: dict[str, Any] = {k: f.default for k, f in EvalOptions.model_fields.items()}
 
@@ -84,67 +76,6 @@ def expand_task_names(names: Iterable[str] | str) -> list[str]:
     return out
 
 
-def derangement(golds: Sequence[str | None]) -> list[int | None]:
-    """For each item, the index of another item with a different gold response (deterministic).
-
-    Item ``i`` takes the first ``j = (i + k) mod n`` for ``k = max(1, n//2), ...`` with
-    ``golds[j] != golds[i]`` (and ``golds[j]`` not None); None when no such item exists.
-    """
-    n = len(golds)
-    out: list[int | None] = []
-    for i in range(n):
-        pick = None
-        if golds[i] is not None:
-            start = max(1, n // 2)
-            for k in range(start, start + n):
-                j = (i + k) % n
-                if j != i and golds[j] is not None and golds[j] != golds[i]:
-                    pick = j
-                    break
-        out.append(pick)
-    return out
-
-
-def likelihood_scores(generator: Any, prompts: Sequence[str], items: Sequence[Item], *,
-                      progress: bool | None = False, desc: str = "likelihood") -> list[dict[str, Any]]:
-    """Per item: gold and control NLLs and their gap (see the module docstring).
-
-    ``progress``: a bar over the scored (prompt, response) pairs (:func:`lorasoups.progress.bar`;
-    False: none, None: on a terminal).
-
-    Returns one dict per item: ``{"nll_gold", "nll_control", "nll_gap", "gold_preferred",
-    "control_id", "n_tokens_gold"}`` (None values where the item has no gold response).
-    """
-    golds = [it.gold_text for it in items]
-    ctrl = derangement(golds)
-    pairs_p, pairs_r, owners = [], [], []
-    for i, (p, it) in enumerate(zip(prompts, items)):
-        if it.gold_text is None:
-            continue
-        pairs_p.append(p)
-        pairs_r.append(it.gold_text)
-        owners.append((i, "gold"))
-        if ctrl[i] is not None:
-            pairs_p.append(p)
-            pairs_r.append(items[ctrl[i]].gold_text)
-            owners.append((i, "control"))
-    with _bar(len(pairs_p), desc, progress=progress, unit="pair") as pb, _on_batch(generator, pb):
-        res = generator.nll(pairs_p, pairs_r) if pairs_p else []
-    out: list[dict[str, Any]] = [{"nll_gold": None, "nll_control": None, "nll_gap": None, "gold_preferred": None,
-                                  "control_id": None, "n_tokens_gold": None} for _ in items]
-    for (i, which), r in zip(owners, res):
-        if which == "gold":
-            out[i]["nll_gold"], out[i]["n_tokens_gold"] = r["nll"], r["n_tokens"]
-        else:
-            out[i]["nll_control"] = r["nll"]
-            out[i]["control_id"] = items[ctrl[i]].id
-    for d in out:
-        if d["nll_gold"] is not None and d["nll_control"] is not None:
-            d["nll_gap"] = d["nll_control"] - d["nll_gold"]
-            d["gold_preferred"] = float(d["nll_gold"] < d["nll_control"])
-    return out
-
-
 def _log(opts: dict[str, Any], msg: str) -> None:
     if opts.get("progress"):
         print(f"[eval] {msg}", file=sys.stderr, flush=True)
@@ -156,32 +87,6 @@ def _bars(opts: dict[str, Any]) -> bool | None:
     return None if opts.get("progress") else False
 
 
-@contextlib.contextmanager
-def _on_batch(generator: Any, pb: Any) -> Iterator[None]:
-    """Route the generator's per-batch hook (``on_batch(n_rows)``) to bar ``pb`` for the duration;
-    the bar is completed at the end (backends without the hook jump to 100%)."""
-    had = hasattr(generator, "on_batch")
-    old = getattr(generator, "on_batch", None)
-    hooked = False
-    if not getattr(pb, "disable", True):
-        try:
-            generator.on_batch = pb.update
-            hooked = True
-        except AttributeError:  # a generator that takes no new attributes
-            pass
-    try:
-        yield
-        if pb.total is not None and pb.n < pb.total:
-            pb.update(pb.total - pb.n)
-    finally:
-        if hooked:
-            if had:
-                generator.on_batch = old
-            else:
-                with contextlib.suppress(AttributeError):
-                    del generator.on_batch
-
-
 def _task_shots(task: Task, shots: int | None) -> int:
     k = task.default_shots if shots is None else shots
     return max(0, min(k, task.max_shots))
@@ -189,7 +94,10 @@ def _task_shots(task: Task, shots: int | None) -> int:
 
 def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequence[str] | str = (), out: str | Path | None = None,
              *, generator: Any = None, tokenizer: Any = None, **options: Any) -> dict[str, Any]:
-    """Evaluate ``base`` (+ ``adapter``) on ``tasks`` and write the results to ``out``.
+    """Evaluate ``base`` (+ ``adapter``) on ``tasks`` and write the results to ``out``, one folder
+    per task: ``out/<task>/results.json`` and ``out/<task>/samples.jsonl``
+    (:func:`lorasoups.eval.samples.write_task_folder`); ``out/results.json`` holds the run's
+    options, model and provenance and names the task files (``"tasks": {name: "<name>/results.json"}``).
 
     Args:
         base: base model (embedded name, HF folder or hub id); None: the base the adapter records
@@ -206,9 +114,10 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
             ``sandbox_workers``, ``sandbox_isolation``, ``overwrite``, ``rescore``, ``progress``).
 
     Returns:
-        The ``results.json`` content: ``{"tasks": {name: {"version", "kind", "n_items", "metrics":
-        {metric: {"value", "stderr", "n"}}, "notes", "options", ...}}, "options", "model",
-        "checksums", "package_versions", "git_commit", "sandbox", "wall_time_s", ...}``.
+        ``{"tasks": {name: {"version", "kind", "n_items", "metrics": {metric: {"value", "stderr",
+        "n"}}, "primary_metrics", "metric_roles": {metric: {"role", "better"}}, "notes", "options",
+        ...}}, "options", "model", "checksums", "sandbox", "provenance", "wall_time_s"}``; each
+        task's ``results.json`` holds this document restricted to that task.
 
     Raises:
         UnknownNameError: unknown task (with "did you mean").
@@ -242,14 +151,12 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
     previous: dict[str, dict[str, dict[str, Any]]] = {}
     if rescore_dir is not None:
         for t in task_objs:
-            recs = read_samples(rescore_dir / "samples" / f"{t.name}.jsonl")
-            previous[t.name] = {r["id"]: r for r in recs}
+            previous[t.name] = {r["id"]: r for r in read_samples(samples_path(rescore_dir, t.name))}
 
     if out is not None:
         from ..paths import check_not_input, check_writable
 
-        ins = [p for p in (adapter, rescore_dir) if p is not None]
-        check_not_input(out, ins)
+        check_not_input(out, [p for p in (adapter, rescore_dir) if p is not None])
         if Path(out).exists() and not opts["overwrite"]:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         check_writable(out)  # before the model is loaded and anything is generated
@@ -258,7 +165,7 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
                                 and any(it.gold_text for its, _, _ in data.values() for it in its))
     model_info: dict[str, Any] = {"base": base, "adapter": str(adapter) if adapter else None}
     if generator is None and need_model:
-        generator, tokenizer, model_info = _build_generator(base, adapter, opts)
+        generator, tokenizer, model_info = build_generator(base, adapter, opts)
     if tokenizer is None:
         tokenizer = getattr(generator, "tok", None)
     if tokenizer is None:
@@ -266,121 +173,21 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
 
         tokenizer = load_tokenizer(base)
 
-    sandbox = None
-    results: dict[str, Any] = {"tasks": {}}
+    run = _TaskRun(opts, generator, tokenizer, generating, rescore_dir)
+    entries: dict[str, Any] = {}
     all_samples: dict[str, list[dict[str, Any]]] = {}
     try:
         for t in task_objs:
-            t0 = time.time()
-            items, demos, k = data[t.name]
-            max_new = opts["max_new_tokens"] or t.max_new_tokens
-            prompts = [t.render(tokenizer, it, demos) for it in items]
-            notes: list[str] = []
-            completions: list[str | None]
-            gen_stats: dict[str, Any] = {}
-            if generating:
-                _log(opts, f"{t.name}: generating {len(items)} completions (max {max_new} new tokens, {k} shots)")
-                before = dict(getattr(generator, "stats", {}) or {})
-                with _bar(len(items), f"{t.name} generate", progress=_bars(opts), unit="item") as pb, \
-                        _on_batch(generator, pb):
-                    completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
-                after = getattr(generator, "stats", {}) or {}
-                for key in ("generated_tokens", "generate_s"):
-                    if key in after:
-                        gen_stats[key] = after[key] - before.get(key, 0)
-                if gen_stats.get("generate_s"):
-                    gen_stats["tokens_per_s"] = gen_stats.get("generated_tokens", 0) / gen_stats["generate_s"]
-            elif rescore_dir is not None:
-                prev = previous[t.name]
-                missing = [it.id for it in items if it.id not in prev]
-                if missing:
-                    raise DataError(f"rescore: {rescore_dir}/samples/{t.name}.jsonl lacks item(s) "
-                                    f"{', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}")
-                completions = [prev[it.id]["completion"] for it in items]
-                notes.append(f"re-scored completions from {rescore_dir}; likelihoods not recomputed")
-                changed = sum(1 for it, p in zip(items, prompts) if prev[it.id].get("prompt") not in (None, p))
-                if changed:
-                    notes.append(f"{changed} item(s) had a different prompt in {rescore_dir} "
-                                 "(other shots or task version)")
-            else:
-                completions = [None] * len(items)
-                notes.append("likelihood only (generate=False): no completions, no accuracy metrics")
-
-            records: list[dict[str, Any]] = []
-            have_text = any(c is not None for c in completions)
-            if have_text:
-                extracted: list[Any] = [None] * len(items)
-                exec_results: list[Any] = [None] * len(items)
-                if t.executes_code:
-                    progs, where = [], []
-                    for i, (it, c) in enumerate(zip(items, completions)):
-                        prog, code, _how = t.program(it, c or "")
-                        extracted[i] = code
-                        if prog is not None:
-                            if opts["timeout_s"]:
-                                prog.timeout_s = float(opts["timeout_s"])
-                            progs.append(prog)
-                            where.append(i)
-                    if progs:
-                        if sandbox is None:
-                            from .sandbox import Sandbox
-
-                            sandbox = Sandbox(workers=opts["sandbox_workers"], isolation=opts["sandbox_isolation"])
-                        _log(opts, f"{t.name}: running {len(progs)} programs in the sandbox")
-                        with _bar(len(progs), f"{t.name} run programs", progress=_bars(opts), unit="prog") as pb:
-                            ran = sandbox.run_many(progs, progress=None if pb.disable else pb.update)
-                        for i, r in zip(where, ran):
-                            exec_results[i] = r
-                for i, (it, c) in enumerate(zip(items, completions)):
-                    rec = {"id": it.id, "prompt": prompts[i], "completion": c}
-                    rec.update(t.score(it, c or "", exec_results[i], extracted[i]))
-                    records.append(rec)
-            else:
-                for i, it in enumerate(items):
-                    records.append({"id": it.id, "prompt": prompts[i], "completion": None, "gold": _jsonable(it.gold),
-                                    "scores": {}})
-
-            if opts["likelihood"] and rescore_dir is None:
-                if any(it.gold_text for it in items):
-                    _log(opts, f"{t.name}: likelihood of gold and control answers")
-                    lk = likelihood_scores(generator, prompts, items, progress=_bars(opts), desc=f"{t.name} likelihood")
-                    no_ctrl = sum(1 for it, d in zip(items, lk) if it.gold_text and d["nll_control"] is None)
-                    if no_ctrl:
-                        notes.append(f"{no_ctrl} item(s) without a control: no other item has a different gold answer")
-                    for rec, d in zip(records, lk):
-                        rec["nll"] = d
-                        for key in ("nll_gold", "nll_control", "nll_gap", "gold_preferred"):
-                            if d[key] is not None:
-                                rec["scores"][key] = d[key]
-                else:
-                    notes.append("likelihood skipped: " + (t.likelihood_note or "the task has no gold response"))
-
-            if have_text:
-                metrics = t.aggregate(items, records)
-            else:
-                metrics = Task.aggregate(t, items, records)
-            entry = {
-                "version": t.version, "kind": t.kind, "description": t.description, "n_items": len(items),
-                "metrics": metrics, "notes": notes, "primary_metrics": list(t.primary()),
-                "directions": {m: t.direction(m) for m in metrics},
-                "options": {"shots": k, "max_new_tokens": max_new if generating else None,
-                            "timeout_s": (opts["timeout_s"] or t.timeout_s) if t.executes_code else None,
-                            "stop": list(t.stop), "stop_regex": t.stop_regex, "stop_rule": t.stop_note},
-                "generation": gen_stats, "wall_s": round(time.time() - t0, 2),
-            }
-            if have_text and t.executes_code:
-                entry["exec_status"] = _status_counts(records)
-            results["tasks"][t.name] = entry
-            all_samples[t.name] = records
-            _log(opts, f"{t.name}: " + ", ".join(f"{m}={v['value']:.4g}" for m, v in list(metrics.items())[:6]))
-        if sandbox is not None:
-            results["sandbox"] = sandbox.info
+            entries[t.name], all_samples[t.name] = run.task(t, *data[t.name], previous.get(t.name))
     finally:
-        if sandbox is not None:
-            sandbox.close()
+        if run.sandbox is not None:
+            run.sandbox.close()
 
-    from ..provenance import git_commit, package_versions
+    from ..provenance import provenance
 
+    results: dict[str, Any] = {"tasks": entries}
+    if run.sandbox is not None:
+        results["sandbox"] = run.sandbox.info
     results["options"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
                           "tasks": names, "base": base, "adapter": str(adapter) if adapter else None}
     results["model"] = model_info
@@ -388,9 +195,7 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
         from .model import checksums
 
         results["checksums"] = checksums(model_info)
-    results["package_versions"] = package_versions()
-    results["git_commit"] = git_commit()
-    results["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["provenance"] = provenance()
     results["wall_time_s"] = round(time.time() - t_start, 2)
     results = _finite(results)
     if out is not None:
@@ -398,10 +203,128 @@ def evaluate(base: str | None, adapter: str | Path | None = None, tasks: Sequenc
 
         with atomic_dir(out, overwrite=opts["overwrite"]) as tmp:
             for name, recs in all_samples.items():
-                write_samples(tmp / "samples" / f"{name}.jsonl", recs)
-            (tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+                write_task_folder(tmp / name, {**results, "tasks": {name: results["tasks"][name]}}, recs)
+            index = {**results, "tasks": {name: f"{name}/{RESULTS_FILE}" for name in entries}}
+            (tmp / RESULTS_FILE).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         results["out"] = str(out)
     return results
+
+
+class _TaskRun:
+    """One task's evaluation inside :func:`evaluate`: completions (generated, re-scored or none),
+    programs in the sandbox (started on first need, shared by the tasks), scores, likelihoods,
+    and the task's ``results.json`` entry."""
+
+    def __init__(self, opts: dict[str, Any], generator: Any, tokenizer: Any, generating: bool,
+                 rescore_dir: Path | None):
+        self.opts, self.generator, self.tokenizer = opts, generator, tokenizer
+        self.generating, self.rescore_dir = generating, rescore_dir
+        self.sandbox: Any = None
+
+    def completions(self, t: Task, items: list[Item], prompts: list[str], max_new: int, k: int,
+                    prev: dict[str, dict[str, Any]] | None, notes: list[str],
+                    gen_stats: dict[str, Any]) -> list[str | None]:
+        opts, generator = self.opts, self.generator
+        if self.generating:
+            _log(opts, f"{t.name}: generating {len(items)} completions (max {max_new} new tokens, {k} shots)")
+            before = dict(getattr(generator, "stats", {}) or {})
+            with _bar(len(items), f"{t.name} generate", progress=_bars(opts), unit="item") as pb, \
+                    bar_per_batch(generator, pb):
+                completions = list(generator.generate(prompts, max_new, t.stop, [t.stop_rule(it) for it in items]))
+            after = getattr(generator, "stats", {}) or {}
+            for key in ("generated_tokens", "generate_s"):
+                if key in after:
+                    gen_stats[key] = after[key] - before.get(key, 0)
+            if gen_stats.get("generate_s"):
+                gen_stats["tokens_per_s"] = gen_stats.get("generated_tokens", 0) / gen_stats["generate_s"]
+            return completions
+        if prev is not None:
+            where = samples_path(self.rescore_dir, t.name)
+            missing = [it.id for it in items if it.id not in prev]
+            if missing:
+                raise DataError(f"rescore: {where} lacks item(s) "
+                                f"{', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}")
+            notes.append(f"re-scored completions from {self.rescore_dir}; likelihoods not recomputed")
+            changed = sum(1 for it, p in zip(items, prompts) if prev[it.id].get("prompt") not in (None, p))
+            if changed:
+                notes.append(f"{changed} item(s) had a different prompt in {self.rescore_dir} "
+                             "(other shots or task version)")
+            return [prev[it.id]["completion"] for it in items]
+        notes.append("likelihood only (generate=False): no completions, no accuracy metrics")
+        return [None] * len(items)
+
+    def run_programs(self, t: Task, items: list[Item], completions: list[str | None]) -> tuple[list[Any], list[Any]]:
+        """``(extracted code, ExecResult or None)`` per item (code tasks; others: Nones)."""
+        extracted: list[Any] = [None] * len(items)
+        exec_results: list[Any] = [None] * len(items)
+        if not t.executes_code:
+            return extracted, exec_results
+        progs, where = [], []
+        for i, (it, c) in enumerate(zip(items, completions)):
+            prog, extracted[i], _how = t.program(it, c or "")
+            if prog is not None:
+                if self.opts["timeout_s"]:
+                    prog.timeout_s = float(self.opts["timeout_s"])
+                progs.append(prog)
+                where.append(i)
+        if progs:
+            if self.sandbox is None:
+                from .sandbox import Sandbox
+
+                self.sandbox = Sandbox(workers=self.opts["sandbox_workers"], isolation=self.opts["sandbox_isolation"])
+            _log(self.opts, f"{t.name}: running {len(progs)} programs in the sandbox")
+            with _bar(len(progs), f"{t.name} run programs", progress=_bars(self.opts), unit="prog") as pb:
+                ran = self.sandbox.run_many(progs, progress=None if pb.disable else pb.update)
+            for i, r in zip(where, ran):
+                exec_results[i] = r
+        return extracted, exec_results
+
+    def task(self, t: Task, items: list[Item], demos: list[Any], k: int,
+             prev: dict[str, dict[str, Any]] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(results.json entry, samples records)`` of task ``t``."""
+        opts = self.opts
+        t0 = time.time()
+        max_new = opts["max_new_tokens"] or t.max_new_tokens
+        prompts = [t.render(self.tokenizer, it, demos) for it in items]
+        notes: list[str] = []
+        gen_stats: dict[str, Any] = {}
+        completions = self.completions(t, items, prompts, max_new, k, prev, notes, gen_stats)
+        have_text = any(c is not None for c in completions)
+        records: list[dict[str, Any]] = []
+        if have_text:
+            extracted, exec_results = self.run_programs(t, items, completions)
+            for i, (it, c) in enumerate(zip(items, completions)):
+                records.append({"id": it.id, "prompt": prompts[i], "completion": c,
+                                **t.score(it, c or "", exec_results[i], extracted[i])})
+        else:
+            records = [{"id": it.id, "prompt": p, "completion": None, "gold": _jsonable(it.gold), "scores": {}}
+                       for it, p in zip(items, prompts)]
+        if opts["likelihood"] and self.rescore_dir is None:
+            if any(it.gold_text for it in items):
+                _log(opts, f"{t.name}: likelihood of gold and control answers")
+                lk = likelihood_scores(self.generator, prompts, items, progress=_bars(opts), desc=f"{t.name} likelihood")
+                no_ctrl = sum(1 for it, d in zip(items, lk) if it.gold_text and d["nll_control"] is None)
+                if no_ctrl:
+                    notes.append(f"{no_ctrl} item(s) without a control: no other item has a different gold answer")
+                for rec, d in zip(records, lk):
+                    rec["nll"] = d
+                    rec["scores"].update({key: d[key] for key in LIKELIHOOD_METRICS if d[key] is not None})
+            else:
+                notes.append("likelihood skipped: " + (t.likelihood_note or "the task has no gold response"))
+        metrics = t.aggregate(items, records) if have_text else Task.aggregate(t, items, records)
+        entry = {
+            "version": t.version, "kind": t.kind, "description": t.description, "n_items": len(items),
+            "metrics": {m: v.to_dict() for m, v in metrics.items()}, "notes": notes,
+            "primary_metrics": list(t.primary(list(metrics))), "metric_roles": {m: asdict(t.info(m)) for m in metrics},
+            "options": {"shots": k, "max_new_tokens": max_new if self.generating else None,
+                        "timeout_s": (opts["timeout_s"] or t.timeout_s) if t.executes_code else None,
+                        "stop": list(t.stop), "stop_regex": t.stop_regex, "stop_rule": t.stop_note},
+            "generation": gen_stats, "wall_s": round(time.time() - t0, 2),
+        }
+        if have_text and t.executes_code:
+            entry["exec_status"] = _status_counts(records)
+        _log(opts, f"{t.name}: " + ", ".join(f"{m}={v.value:.4g}" for m, v in list(metrics.items())[:6]))
+        return entry, records
 
 
 def _jsonable(x: Any) -> Any:
@@ -413,80 +336,14 @@ def _jsonable(x: Any) -> Any:
 
 
 def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
-    c: dict[str, int] = {}
-    for r in records:
-        s = r.get("status") or "unknown"
-        c[s] = c.get(s, 0) + 1
-    return dict(sorted(c.items()))
-
-
-def base_for_adapter(adapter: str | Path | None) -> str:
-    """The base model to evaluate ``adapter`` on when none is given: the one the adapter records
-    (a line on stderr says so), else the default embedded model."""
-    from ..models import DEFAULT_BASE
-
-    if adapter is None:
-        return DEFAULT_BASE
-    from ..io.card import recorded_base
-
-    rec = recorded_base(adapter)
-    if rec:
-        print(f"[eval] base model: {rec} (recorded by the adapter {adapter}; --base to choose another)",
-              file=sys.stderr, flush=True)
-        return rec
-    print(f"[eval] base model: {DEFAULT_BASE} (the adapter {adapter} records none)", file=sys.stderr, flush=True)
-    return DEFAULT_BASE
-
-
-def pick_backend(backend: str, device: str) -> str:
-    """``hf`` or ``vllm`` for a ``backend`` option: ``auto`` is vllm when the ``vllm`` package is
-    installed and the device is CUDA, else hf."""
-    if backend != "auto":
-        return backend
-    import importlib.util
-
-    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
-
-
-def _build_generator(base: str, adapter: Any, opts: dict[str, Any]):
-    """The backend for ``opts['backend']``: ``(generator, tokenizer, model_info)``."""
-    from ..devices import eval_bf16, resolve_device
-
-    device = resolve_device(opts["device"])
-    backend = pick_backend(opts["backend"], device)
-    if backend == "vllm":
-        from ..models import load_tokenizer, resolve_base
-        from .generate import VLLMGenerator
-        from .model import adapter_kind
-
-        if adapter is not None and adapter_kind(adapter) == "moe":
-            raise ConfigError(f"{adapter}: vLLM cannot serve an MoE folder; use --backend hf")
-        tok = load_tokenizer(base)
-        gen = VLLMGenerator(resolve_base(base), tok, str(adapter) if adapter else None)
-        info = {"base": base, "base_path": resolve_base(base), "adapter": str(adapter) if adapter else None,
-                "adapter_kind": "lora" if adapter else None, "backend": "vllm", "device": device}
-        return gen, tok, info
-    from .generate import HFGenerator
-    from .model import load_eval_model
-
-    model, tok, info = load_eval_model(base, adapter, merge_lora=opts["merge_lora"], device=device)
-    bf16 = opts["bf16"] if opts["bf16"] is not None else eval_bf16(opts["precision"])
-    gen = HFGenerator(model, tok, batch_size=opts["batch_size"], prefix_cache=opts["prefix_cache"], bf16=bf16)
-    info = {**info, "backend": "hf", "device": device, "bf16_autocast": gen.bf16}
-    return gen, tok, info
+    return dict(sorted(Counter(r.get("status") or "unknown" for r in records).items()))
 
 
 def metric_table(results: dict[str, Any]) -> str:
     """A plain-text table of every task's metrics (value ± stderr, n)."""
-    lines = []
-    for name, t in results.get("tasks", {}).items():
-        for m, v in t.get("metrics", {}).items():
-            val, se = v.get("value"), v.get("stderr")
-            vs = "nan" if val is None else f"{val:.4f}"
-            ss = "nan" if se is None else f"{se:.4f}"
-            lines.append(f"{name:<18} {m:<20} {vs:>10} ± {ss:<8} n={v.get('n')}")
-    return "\n".join(lines)
+    f = lambda x: "nan" if x is None else f"{x:.4f}"  # noqa: E731
+    return "\n".join(f"{name:<18} {m:<20} {f(v.get('value')):>10} ± {f(v.get('stderr')):<8} n={v.get('n')}"
+                     for name, t in results.get("tasks", {}).items() for m, v in t.get("metrics", {}).items())
 
 
-__all__ = ["evaluate", "resolve_options", "expand_task_names", "derangement", "likelihood_scores", "metric_table",
-           "OPTION_DEFAULTS", "Metric", "mean_stderr"]
+__all__ = ["evaluate", "resolve_options", "expand_task_names", "metric_table", "OPTION_DEFAULTS"]

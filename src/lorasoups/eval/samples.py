@@ -1,4 +1,6 @@
-"""``samples/<task>.jsonl``: one JSON object per evaluated item.
+"""The folder of one evaluated task, ``<out>/<task>/``: ``results.json`` (the evaluation document
+restricted to the task: its metrics and the run's options, model and provenance) and
+``samples.jsonl``, one JSON object per evaluated item.
 
 Fields: ``id``, ``prompt``, ``completion`` (None when not generated), ``extracted`` (answer or
 program), ``status`` (execution status or extraction outcome), ``gold``, ``scores`` (per-item metric
@@ -14,6 +16,21 @@ from typing import Any, Iterable
 from ..errors import DataError
 
 REQUIRED = ("id", "completion")
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def samples_path(out: str | Path, task: str) -> Path:
+    """``out/<task>/samples.jsonl``: the per-item records of ``task`` in an evaluation folder."""
+    return Path(out) / task / SAMPLES_FILE
+
+
+def write_task_folder(folder: str | Path, results: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
+    """Write one task's ``results.json`` and ``samples.jsonl`` into ``folder`` (created; call it
+    inside the output's :func:`lorasoups.paths.atomic_dir`)."""
+    folder = Path(folder)
+    write_samples(folder / SAMPLES_FILE, records)
+    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_samples(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

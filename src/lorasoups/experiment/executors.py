@@ -9,14 +9,11 @@ imports happen inside the functions.
 from __future__ import annotations
 
 import inspect
-import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import LorasoupsError
-from ..paths import follow_umask
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Step
@@ -117,7 +114,7 @@ def exec_procedure(step: "Step", ctx: "RunContext") -> dict[str, Any]:
 
 def run_evaluate(ctx: "RunContext", adapter: Path | None, task_names: list[str], out: Path,
                  options: dict[str, Any]) -> dict[str, Any]:
-    """One call of ``lorasoups.eval.runner.evaluate`` (writes ``out/results.json`` and samples)."""
+    """One call of ``lorasoups.eval.runner.evaluate`` (writes one folder per task under ``out``)."""
     from ..eval.runner import evaluate
 
     opts = dict(options)
@@ -129,32 +126,16 @@ def run_evaluate(ctx: "RunContext", adapter: Path | None, task_names: list[str],
                                out=out, data_dir=str(ctx.data_dir), overwrite=True, **opts)
 
 
-def split_eval_output(tmp: Path, results: dict[str, Any], task_of_label: dict[str, str],
-                      dest: dict[str, Path]) -> None:
-    """Move one evaluate() output (several tasks) into one folder per task label.
-
-    Each ``dest[label]`` gets ``results.json`` = the whole results document restricted to that task
-    (``{"tasks": {task: ...}, ...other top-level fields}``) and ``samples/<task>.jsonl``.
-    """
+def split_eval_output(out: Path, task_of_label: dict[str, str], dest: dict[str, Path]) -> None:
+    """Move the task folders of one evaluate() output (``out/<task>/``: ``results.json`` and
+    ``samples.jsonl``) to one folder per task label (``dest[label]``, replaced)."""
     for label, task in task_of_label.items():
-        d = dest[label]
-        if d.exists():
-            shutil.rmtree(d)
-        part = tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent)
-        partp = Path(part)
-        doc = {k: v for k, v in results.items() if k != "tasks"}
-        doc["tasks"] = {task: (results.get("tasks") or {}).get(task)}
-        if doc["tasks"][task] is None:
-            raise LorasoupsError(f"evaluation output {tmp}: no results for task {task!r}")
-        (partp / "results.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-        s_dir = tmp / "samples"
-        if s_dir.is_dir():
-            (partp / "samples").mkdir()
-            for f in s_dir.iterdir():
-                if f.name == f"{task}.jsonl" or f.stem.startswith(task + "."):
-                    shutil.copy2(f, partp / "samples" / f.name)
-        follow_umask(partp)  # mkdtemp made it 0700
-        partp.rename(d)
+        src = out / task
+        if not (src / "results.json").is_file():
+            raise LorasoupsError(f"evaluation output {out}: no results for task {task!r}")
+        if dest[label].exists():
+            shutil.rmtree(dest[label])
+        src.rename(dest[label])
 
 
 def default_executors() -> dict[str, Callable[..., dict[str, Any]]]:

@@ -5,7 +5,7 @@ Run folder layout (every path below is one step's output)::
 
     RUN_DIR/skills/<skill>/          skill LoRA (PEFT folder)            step train/<skill>
     RUN_DIR/methods/<label>/         DATA-MIX, merge, CAT, LoRA Hub, MoE  step build/<label>
-    RUN_DIR/eval/<label>/<task>/     results.json + samples/             step eval/<label>
+    RUN_DIR/eval/<label>/<task>/     results.json + samples.jsonl          step eval/<label>
     RUN_DIR/steps/<step id>.json     markers: the content key of each finished output
 """
 

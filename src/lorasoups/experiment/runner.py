@@ -288,13 +288,11 @@ class Runner:
             tmp = Path(tempfile.mkdtemp(prefix=".eval-tmp-", dir=step.out))
             try:
                 t_call = time.time()
-                res = self.executors["evaluate"](ctx, adapter, list(labels.values()), tmp / "out", opts)
+                self.executors["evaluate"](ctx, adapter, list(labels.values()), tmp / "out", opts)
                 share = round((time.time() - t_call) / len(labels), 2)
-                if not isinstance(res, dict):
-                    res = json.loads((tmp / "out" / "results.json").read_text(encoding="utf-8"))
                 for lb in labels:
                     remove_path(self.marker(step.id, lb))
-                split_eval_output(tmp / "out", res, labels, {lb: step.out / lb for lb in labels})
+                split_eval_output(tmp / "out", labels, {lb: step.out / lb for lb in labels})
                 for lb in labels:
                     write_marker(self.marker(step.id, lb), {"key": todo[lb], "id": step.id, "task": lb,
                                                            "finished": _now(), "wall_s": share})
@@ -318,7 +316,10 @@ class Runner:
 
     def collect(self, ctx: RunContext, timings: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
         """Assemble ``results.json``: config, provenance, methods, metrics, timings, analysis."""
-        from ..provenance import git_commit, package_versions
+        import torch
+
+        from ..eval.samples import SAMPLES_FILE
+        from ..provenance import provenance
         from ..report.analysis import analyse
 
         cfg = ctx.cfg
@@ -331,7 +332,7 @@ class Runner:
                 d = self.run_dir / "eval" / m.label / t.label
                 doc = json.loads((d / "results.json").read_text(encoding="utf-8"))
                 results[m.label][t.label] = (doc.get("tasks") or {}).get(t.task, {})
-                sf = d / "samples" / f"{t.task}.jsonl"
+                sf = d / SAMPLES_FILE
                 if sf.is_file():
                     samples[m.label][t.label] = str(sf.relative_to(self.run_dir))
         methods = {}
@@ -382,15 +383,11 @@ class Runner:
             "timing": {"this_run_wall_s": round(wall, 2), "this_run_stage_wall_s": stage_wall,
                        "build_wall_s_when_produced": produced, "steps": timings},
             "memory": memory_summary(timings),
-            "provenance": {
-                "git_commit": git_commit(),
-                "package_versions": package_versions(),
-                "base_model": {"name": cfg.base, "resolved": ctx.base, **ctx.base_fingerprint},
-                "data_dir": str(ctx.data_dir),
-                "data_files": self._all_data_files(ctx),
-                "created": _now(),
-                "host": {"cpu_count": os.cpu_count(), "torch_threads": _torch_threads(), "python": sys.version.split()[0]},
-            },
+            "provenance": provenance(
+                base_model={"name": cfg.base, "resolved": ctx.base, **ctx.base_fingerprint},
+                data_dir=str(ctx.data_dir), data_files=self._all_data_files(ctx),
+                host={"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                      "python": sys.version.split()[0]}),
         }
         doc["analysis"] = analyse(doc, self.run_dir)
         return doc
@@ -427,42 +424,24 @@ def memory_summary(timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _run_lock(run_dir: Path):
-    """Hold ``RUN_DIR/.lock`` (our pid) for the run; a lock held by a live process is refused, a
-    stale one (its process is gone) is taken over.
+    """Hold an exclusive OS lock on ``RUN_DIR/.lock`` (``filelock``) for the run; the operating
+    system releases it when the process ends, so a crashed run leaves no stale lock.
 
     Raises:
-        LorasoupsError: another live ``lorasoups run`` uses the folder.
+        LorasoupsError: another ``lorasoups run`` holds the folder.
     """
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            alive = False
-            if pid > 0:
-                try:
-                    os.kill(pid, 0)
-                    alive = True
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:
-                    alive = True
-            if alive and pid != os.getpid():
-                raise LorasoupsError(f"{run_dir} is in use by another `lorasoups run` (pid {pid}); "
-                                     f"wait for it or use another --out") from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(run_dir / ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LorasoupsError(f"{run_dir} is in use by another `lorasoups run`; "
+                             f"wait for it or use another --out") from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
 def _summary(obj: Any, limit: int = 2000) -> Any:
@@ -473,15 +452,6 @@ def _summary(obj: Any, limit: int = 2000) -> Any:
     if isinstance(obj, dict):
         return {k: v for k, v in obj.items() if len(json.dumps(v, default=str)) <= 400}
     return None
-
-
-def _torch_threads() -> int | None:
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -235,8 +235,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         LorasoupsError: ``out`` would overwrite an input or cannot be written (checked before merging).
     """
-    from .. import __version__
-    from ..provenance import git_commit, package_versions, sha256_dir
+    from ..provenance import provenance, sha256_dir
 
     t0 = time.time()
     say = log or (lambda _s: None)
@@ -373,9 +372,7 @@ def merge_adapters(adapters: Sequence[str | os.PathLike], method: str, out: str 
                 "max_rel_fro_error": max(errors.values()),
                 "max_module": max(errors, key=errors.get),
             },
-            "lorasoups_version": __version__,
-            "git_commit": git_commit(),
-            "package_versions": package_versions(),
+            "provenance": provenance(),
             "seconds": round(time.time() - t0, 3),
         }
         (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

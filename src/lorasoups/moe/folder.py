@@ -167,7 +167,7 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
         AdapterError: an expert folder has no adapter files.
     """
     from ..paths import atomic_dir
-    from ..provenance import git_commit, package_versions
+    from ..provenance import provenance
     from .layer import gate_mode
     from .model import router_state
 
@@ -195,8 +195,7 @@ def save_moe_folder(out: str | os.PathLike, layers: Mapping[str, Any], experts: 
                        "key": "<module path>.router.weight", "shape": "(n_experts, d_in)",
                        "missing_module": "an expert without the module contributes ΔW = 0 there"},
             "training": dict(training or {}),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
+            "provenance": provenance(),
         }
         cfg.update(extra or {})
         write_moe_files(tmp, cfg, router_state(dict(layers)), log)

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .tables import table_rows
+from .tables import arrow, table_rows
 
 
 def plot_results(doc: dict[str, Any], out: str | Path) -> Path:
@@ -45,11 +45,9 @@ def plot_results(doc: dict[str, Any], out: str | Path) -> Path:
             es.append(cell["stderr"] or 0.0)
             cs.append(colours[i])
             best.append(cell["best"])
-        bars = ax.bar(xs, ys, yerr=es, color=cs, capsize=2, edgecolor=["black" if b else "none" for b in best],
-                      linewidth=[1.6 if b else 0 for b in best])
-        _ = bars
-        arrow = {"higher": "↑", "lower": "↓"}.get(c.get("better", "higher"), "")
-        ax.set_title(f"{c['label']} {arrow}".rstrip(), fontsize=9)
+        ax.bar(xs, ys, yerr=es, color=cs, capsize=2, edgecolor=["black" if b else "none" for b in best],
+               linewidth=[1.6 if b else 0 for b in best])
+        ax.set_title(f"{c['label']} {arrow(c)}".rstrip(), fontsize=9)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

@@ -15,12 +15,8 @@ from typing import Any
 from .analysis import default_columns, metric_value
 
 
-def columns_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's columns: the config's ``report.columns``, else every metric of every task."""
-    return list(doc.get("columns") or default_columns(doc))
-
-
-def _arrow(col: dict[str, Any]) -> str:
+def arrow(col: dict[str, Any]) -> str:
+    """``↑`` / ``↓`` for a column ranked higher / lower is better, else nothing."""
     return {"higher": "↑", "lower": "↓"}.get(col.get("better", "higher"), "")
 
 
@@ -38,9 +34,11 @@ def _digits(values: list[float]) -> int:
 
 def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
     """Method labels holding the best value of ``col`` (ties all marked); empty if < 2 values."""
+    if col.get("better", "higher") not in ("higher", "lower"):
+        return set()  # not ranked: a failure rate, control or diagnostic
     vals = {m: metric_value(doc["results"], m, col["task"], col["metric"]) for m in doc["methods"]}
-    vals = {m: v["value"] for m, v in vals.items() if v and v.get("value") is not None and math.isfinite(v["value"])}
-    if col.get("better") == "none" or len(vals) < 2 or len(set(vals.values())) == 1:
+    vals = {m: v.value for m, v in vals.items() if v is not None and math.isfinite(v.value)}
+    if len(vals) < 2 or len(set(vals.values())) == 1:
         return set()  # nothing to single out
     best = max(vals.values()) if col.get("better", "higher") == "higher" else min(vals.values())
     return {m for m, v in vals.items() if v == best}
@@ -48,14 +46,16 @@ def best_rows(doc: dict[str, Any], col: dict[str, Any]) -> set[str]:
 
 def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """(columns, rows) where each row is a list of cells ``{"value", "stderr", "n", "best"}``."""
-    cols = columns_of(doc)
+    cols = list(doc.get("columns") or default_columns(doc))  # the config's, else each task's primary metrics
     best = [best_rows(doc, c) for c in cols]
     rows = []
     for m in doc["methods"]:
         row = []
         for c, b in zip(cols, best):
-            v = metric_value(doc["results"], m, c["task"], c["metric"]) or {}
-            row.append({"value": v.get("value"), "stderr": v.get("stderr"), "n": v.get("n"), "best": m in b})
+            v = metric_value(doc["results"], m, c["task"], c["metric"])
+            fin = v is not None and math.isfinite(v.value)
+            row.append({"value": v.value if fin else None, "stderr": v.stderr if fin and math.isfinite(v.stderr) else None,
+                        "n": v.n if v is not None else None, "best": m in b})
         rows.append(row)
     return cols, rows
 
@@ -63,7 +63,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list[dic
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results table in Markdown: one row per method, one column per (task, metric)."""
     cols, rows = table_rows(doc)
-    header = ["method", "algorithm"] + [f"{c['label']} {_arrow(c)}".rstrip() for c in cols]
+    header = ["method", "algorithm"] + [f"{c['label']} {arrow(c)}".rstrip() for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(cols)) + "|"]
     digits = [_digits([r[j]["value"] for r in rows if r[j]["value"] is not None]) for j in range(len(cols))]
     for m, row in zip(doc["methods"], rows):
@@ -78,15 +78,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 s += f" ± {_num(cell['stderr'], digits[j])}"
             cells.append(f"**{s}**" if cell["best"] else s)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    ns = sorted({str(r[j]["n"]) for r in rows for j in range(len(cols)) if r[j]["n"] is not None})
     foot = ("Mean ± standard error; bold = best in column (↑ higher is better, ↓ lower is better; no arrow: "
-            "a control, nothing marked).")
-    if ns:
-        by_col = []
-        for j, c in enumerate(cols):
-            nn = sorted({r[j]["n"] for r in rows if r[j]["n"] is not None})
-            if nn:
-                by_col.append(f"{c['label']}: {'/'.join(str(x) for x in nn)}")
+            "not ranked — a failure rate, control or diagnostic — nothing marked).")
+    by_col = [f"{c['label']}: {'/'.join(str(x) for x in nn)}" for j, c in enumerate(cols)
+              if (nn := sorted({r[j]["n"] for r in rows if r[j]["n"] is not None}))]
+    if by_col:
         foot += " Items per column: " + "; ".join(by_col) + "."
     return "\n".join(lines) + "\n\n" + foot + "\n"
 

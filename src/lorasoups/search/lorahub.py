@@ -312,9 +312,9 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
     from ..merge.driver import get_merge_method
     from ..models import load_base
     from ..paths import atomic_dir, check_not_input
-    from ..provenance import package_versions
     from ..train.loop import eval_loss, resolve_precision, unique_names
     from ..devices import resolve_device
+    from ..provenance import provenance
 
     o = LoraHubOptions.parse({**params, "seed": seed}, where="lorahub")
     if not adapters:
@@ -381,7 +381,7 @@ def run_lorahub(base: str, adapters: Sequence[str | Path], data: Sequence[Any], 
         "data_stats": data_stats or None,
         "base_model": base,
         "seconds": round(time.time() - t0, 2),
-        "versions": package_versions(),
+        "provenance": provenance(),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_adapter_files(tmp, merged, base_model=base)

@@ -181,7 +181,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..io.adapters import save_adapter_files
     from ..models import load_base, resolve_base
     from ..paths import atomic_dir, check_not_input
-    from ..provenance import git_commit, package_versions, sha256_dir
+    from ..provenance import provenance, sha256_dir
     from .fused import attach_cat, parse_init
     from .loop import Dist, eval_loss, is_examples, resolve_precision, split_examples, steps_for
 
@@ -300,8 +300,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "train_seconds": round(train_s, 2),
         "seconds_per_step": round(train_s / n_steps, 3) if n_steps else None,
         "total_seconds": None,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        "provenance": provenance(),
     }
     check_not_input(out, paths_in)
     if not dist.is_main:  # every process holds the same coefficients; the main one writes them

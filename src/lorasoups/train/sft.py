@@ -208,7 +208,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..models import EMBEDDED, canonical_base_id, load_tokenizer, resolve_base
-    from ..provenance import git_commit, package_versions, sha256_file
+    from ..provenance import provenance, sha256_file
     from .data import load_training_data, with_weights
 
     t_start = time.time()
@@ -382,8 +382,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "mean_tokens_per_s": round(sum(tps) / len(tps), 2) if tps else None,
             "wall_time_s": round(time.time() - t_start, 2),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "package_versions": package_versions(),
-            "git_commit": git_commit(),
+            "provenance": provenance(),
             "torch_threads": torch.get_num_threads(),
         }
         with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -42,7 +42,7 @@ from typing import Any
 
 from ...errors import ConfigError, DataError
 from ..extract import last_number, numbers_close, parse_number, strict_number
-from ..metrics import best_over_golds, exact_match, rouge_l, token_f1
+from ..metrics import exact_match, rouge_l, token_f1
 from ..registry import Item, Task
 from .qa import clean_prediction
 
@@ -182,8 +182,9 @@ class FileTask(Task):
     def score(self, item: Item, completion: str, exec_result: Any = None, extracted: Any = None) -> dict[str, Any]:
         pred = clean_prediction(completion)
         golds = list(item.gold)
-        s = {"exact_match": best_over_golds(exact_match, pred, golds), "f1": best_over_golds(token_f1, pred, golds),
-             "rouge_l": best_over_golds(rouge_l, pred, golds)}
+        # the best score over the gold answers (SQuAD convention)
+        s = {k: max((fn(pred, g) for g in golds), default=0.0)
+             for k, fn in (("exact_match", exact_match), ("f1", token_f1), ("rouge_l", rouge_l))}
         out: dict[str, Any] = {"extracted": pred, "gold": golds, "status": "empty" if not pred else "answered"}
         if self.mode == "numeric":
             num = strict_number(completion)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..codeblocks import StopAfterDefinition
 from ..extract import extract_code, last_number, numbers_close, parse_number
-from ..registry import Demo, Item, Task, format_number, load_records, register_task, require
+from ..registry import Demo, Item, MetricInfo, Task, format_number, load_records, register_task, require
 from ..sandbox import Program
 
 DIRECTIVE = "Write a Python function `solution()` that returns the answer."
@@ -56,6 +56,7 @@ class MathCodeTask(Task):
     timeout_s = 5.0
     score_metrics = ("exec_acc", "exec_acc_rel", "exec_acc_printed", "extract_failed", "raised", "timed_out",
                      "no_return")
+    metric_info = {m: MetricInfo("failure") for m in ("extract_failed", "raised", "timed_out", "no_return")}
 
     def __init__(self, name: str, dataset: str, description: str, version: str = "2"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version

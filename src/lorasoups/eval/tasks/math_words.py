@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extract import last_number, numbers_close, parse_number, strict_number
-from ..registry import Demo, Item, Task, format_number, load_records, register_task, require
+from ..registry import Demo, Item, MetricInfo, Task, format_number, load_records, register_task, require
 
 ABS_TOL = 1e-3
 
@@ -32,6 +32,7 @@ class MathWordsTask(Task):
     max_shots = 8
     max_new_tokens = 320
     score_metrics = ("acc_strict", "acc_flexible", "no_number")
+    metric_info = {"no_number": MetricInfo("failure")}
 
     def __init__(self, name: str, dataset: str, description: str, version: str = "2"):
         self.name, self.dataset, self.description, self.version = name, dataset, description, version

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..codeblocks import StopAfterDefinition, called_functions, top_level_names
 from ..extract import extract_code
-from ..registry import Demo, Item, Task, load_records, register_task, require
+from ..registry import Demo, Item, MetricInfo, Task, load_records, register_task, require
 from ..sandbox import Program
 
 TEST_IDS = range(11, 511)
@@ -49,6 +49,7 @@ class MBPPTask(Task):
     stop_note = "after the first closed code block by which the completion defines every function the tests call"
     timeout_s = 10.0
     score_metrics = ("pass_at_1", "extract_failed", "failed_assert", "raised", "timed_out")
+    metric_info = {m: MetricInfo("failure") for m in ("extract_failed", "failed_assert", "raised", "timed_out")}
 
     def _records(self, data_dir: str | Path | None) -> dict[int, dict[str, Any]]:
         recs = load_records("mbpp", data_dir, self.name)

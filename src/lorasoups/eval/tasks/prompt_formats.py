@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from ...errors import DataError
 from ..extract import extract_count
 from ..metrics import Metric, mean_stderr, spread
-from ..registry import Item, Task, load_records, register_task, require
+from ..registry import Item, MetricInfo, Task, load_records, register_task, require
 
 FORMATS = (3, 7, 8, 10)
 
@@ -43,6 +43,10 @@ class PromptFormatsTask(Task):
     max_new_tokens = 16
     score_metrics = ("acc", *(f"acc_format{f}" for f in FORMATS), "spread", "no_count", "pred_majority_rate",
                      "gold_majority_rate", *(f"acc_class{k}" for k in range(7)))
+    # spread (best - worst format) is small both for a robust model and for one that always gives
+    # the same count: a diagnostic to read next to the accuracy, as the majority rates are
+    metric_info = {"no_count": MetricInfo("failure"), "spread": MetricInfo("diagnostic"),
+                   "pred_majority_rate": MetricInfo("diagnostic"), "gold_majority_rate": MetricInfo("diagnostic")}
 
     def load_items(self, data_dir: str | Path | None = None, limit: int | None = None) -> list[Item]:
         items = []
@@ -76,13 +80,12 @@ class PromptFormatsTask(Task):
         if records:
             # share of all items answered with the most frequent count; 0 when no item gave a count
             top = Counter(preds).most_common(1)[0][0] if preds else None
-            out["pred_majority_rate"] = mean_stderr([float(top is not None and r.get("answer") == top) for r in records])
-            out["pred_majority_rate"]["class"] = top
+            out["pred_majority_rate"] = mean_stderr([float(top is not None and r.get("answer") == top) for r in records],
+                                                    **{"class": top})
         golds = [it.gold for it in items]
         if golds:
             gtop, _ = Counter(golds).most_common(1)[0]
-            out["gold_majority_rate"] = mean_stderr([float(g == gtop) for g in golds])
-            out["gold_majority_rate"]["class"] = gtop
+            out["gold_majority_rate"] = mean_stderr([float(g == gtop) for g in golds], **{"class": gtop})
         return dict(sorted(out.items()))
 
 
