@@ -64,3 +64,9 @@ def test_describe_lists_type_default_range_unit():
     assert info["density"].constraint == "> 0, ≤ 1"
     assert info["granularity"].constraint == "one of module, layer, global"
     assert info["max_steps"].type == "int | None"
+
+
+def test_old_name_is_refused_and_its_value_still_checked():
+    assert Toy.problems({"lr": -1}) == ["options.lr: renamed to 'learning_rate'",
+                                        "options.learning_rate: input should be greater than 0 (got -1)"]
+    assert Toy.problems({"lr": 0.1}) == ["options.lr: renamed to 'learning_rate'"]
