@@ -51,8 +51,9 @@ def test_bad_value_is_rejected_for_every_option_that_has_one():
 def test_cli_flags_come_from_the_declaration():
     p = argparse.ArgumentParser()
     Toy.add_arguments(p)
-    ns = p.parse_args(["--learning-rate", "0.1", "--max-steps", "none", "--no-no-train", "--data", "a", "b"])
-    assert Toy.from_args(ns) == {"learning_rate": 0.1, "max_steps": None, "no_train": False, "data": ["a", "b"]}
+    ns = p.parse_args(["--learning-rate", "0.1", "--max-steps", "none", "--data", "a", "b"])
+    assert Toy.from_args(ns) == {"learning_rate": 0.1, "max_steps": None, "data": ["a", "b"]}
+    assert Toy.from_args(p.parse_args(["--no-train"])) == {"no_train": True}
     assert Toy.from_args(p.parse_args([])) == {}
     with pytest.raises(SystemExit):
         p.parse_args(["--granularity", "bogus"])

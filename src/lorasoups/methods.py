@@ -1,8 +1,8 @@
 """The one registry of composition methods: closed-form merges, CAT, LoRA Hub, MoE, DATA-MIX.
 
-A method is registered with :func:`register_method`; its tunable parameters (with defaults) are
-read from the function signature (keyword-only parameters), so ``lorasoups ls methods`` and
-config validation need no extra declarations.
+A method is registered with :func:`register_method` together with its option spec
+(:class:`lorasoups.spec.Spec`): config validation, CLI flags and ``lorasoups ls methods`` all read
+that one declaration.
 """
 
 from __future__ import annotations

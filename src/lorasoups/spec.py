@@ -164,8 +164,11 @@ class Spec(BaseModel):
             flag = "--" + name.replace("_", "-")
             base, optional = _strip_optional(f.annotation)
             unit = f" [{extra['unit']}]" if extra.get("unit") else ""
-            text = f"{f.description or ''}{unit} (default: {f.default!r})"
+            text = f"{f.description or ''}{unit} (default: {f.default!r})".replace("%", "%%")  # argparse formats help
             kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
+            if base is bool and name.startswith("no_"):  # already a negation: a plain switch
+                parser.add_argument(flag, action="store_const", const=True, **kw)
+                continue
             if base is bool:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
                 continue

@@ -9,7 +9,7 @@ It is saved as a folder with
   ``sha256`` of each adapter file), ``top_k``, ``router_layers``, ``modules`` (every wrapped
   module), ``routed_modules`` (those with a router; the others mix experts uniformly, 1/n),
   ``unrouted_mixing``, ``router`` (what the routers read and compute), ``training`` (options and
-  losses) and package ``versions``;
+  losses) and ``provenance`` (git commit, package versions, time);
 * ``routers.safetensors`` — one fp32 tensor ``<module path>.router.weight`` of shape
   (n_experts, d_in) per routed module (logits = weight @ x, no bias);
 * ``train_log.jsonl`` — one line per training step.
