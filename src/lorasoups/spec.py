@@ -188,7 +188,8 @@ class Spec(BaseModel):
             if old not in cls.model_fields and old not in skip:
                 parser.add_argument("--" + old.replace("_", "-"), nargs="?", action=_Renamed, help=argparse.SUPPRESS,
                                     default=argparse.SUPPRESS, dest=f"_renamed_{old}",
-                                    new_flag="--" + new.replace("_", "-"))
+                                    new_flag="--" + new.replace("_", "-")
+                                    + (f" ({cls.rename_hints[old]})" if old in cls.rename_hints else ""))
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_toy_procedure_runs_through_config_plan_and_runner(registered, tmp_path,
     from lorasoups.experiment import Runner
     from lorasoups.testing import make_peft_adapter
 
-    from .test_runner_cache import Fakes, _schemas, _write_records
+    from .test_runner_cache import Fakes, _known, _write_records
 
     a = _write_records(tmp_path / "a.json", 8, "alpha")
     b = _write_records(tmp_path / "b.json", 8, "beta")
@@ -77,12 +77,12 @@ def test_toy_procedure_runs_through_config_plan_and_runner(registered, tmp_path,
            "skills": {"a": {"data": [str(a)]}, "b": {"data": [str(b)]}},
            "methods": {"base": {}, "softmin": {"params": {"temperature": 0.5}}},
            "eval": {"options": {"limit": 4}, "tasks": {"t_target": {"role": "target"}}}}
-    schemas = _schemas()
+    known = _known()
     bad = json.loads(json.dumps(raw))
     bad["methods"]["softmin"]["params"] = {"temprature": 0.5}
     with pytest.raises(ConfigError, match="did you mean 'temperature'"):
-        build_config(bad, schemas=schemas, source=str(tmp_path / "toy.yaml"))
-    cfg = build_config(raw, schemas=schemas, source=str(tmp_path / "toy.yaml"))
+        build_config(bad, known=known, source=str(tmp_path / "toy.yaml"))
+    cfg = build_config(raw, known=known, source=str(tmp_path / "toy.yaml"))
 
     fakes = Fakes(tiny_dir)
 

@@ -205,7 +205,8 @@ def test_methods_listed_with_kinds(capsys):
 
     assert main(["ls", "methods"]) == 0
     # Continuation lines of wrapped cells start with spaces; rows start with the method name.
-    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]
+    table = capsys.readouterr().out.split("\n\n")[0]  # the table; each method's options follow it
+    rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[2:]
             if line.strip() and not line.startswith(" ")}
     assert rows["lorahub"] == "search" and rows["moe"] == "routed"
 

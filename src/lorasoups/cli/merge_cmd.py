@@ -47,12 +47,14 @@ def method_flags(method: str, argv: list[str]) -> dict:
     info = get_merge_method(method)
     if not argv:
         return {}
-    mp = argparse.ArgumentParser(prog=f"lorasoups merge --method {method}", add_help=False)
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):  # a bad or renamed flag: the command's usual error (exit 2)
+            raise ConfigError(f"{self.prog}: {message}")
+
+    mp = _Parser(prog=f"lorasoups merge --method {method}", add_help=False)
     info.options.add_arguments(mp)
     ns, rest = mp.parse_known_args(argv)
-    old = {t[2:].split("=")[0].replace("-", "_") for t in rest if t.startswith("--")} & set(info.options.renamed)
-    if old:  # a renamed option: say its new name
-        raise ConfigError("; ".join(info.options.problems(dict.fromkeys(old), f"merge --method {method}")))
     if rest:
         flags = ", ".join("--" + n.replace("_", "-") for n in info.options.model_fields) or "none"
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)} (options of {method}: {flags})")
