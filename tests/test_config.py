@@ -173,3 +173,11 @@ def test_overrides_after_options_on_the_command_line(tmp_path, capsys):
     assert rc == 2 and "methods.cat.params.learning_rate: input should be a valid number" in err
     with pytest.raises(SystemExit):
         main(["validate", str(p), "--preset", "cpu", "--no-such-flag"])
+
+
+def test_old_training_names_are_refused_naming_the_new_ones(tmp_path, capsys):
+    p = _write(tmp_path, GOOD)
+    rc = main(["validate", str(p), "train.lr=1e-3", "train.steps=5"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "train.lr: renamed to 'learning_rate'" in err and "train.steps: renamed to 'max_steps'" in err

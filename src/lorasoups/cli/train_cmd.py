@@ -13,8 +13,8 @@ EPILOG = """\
 data specs:
   NAME or FILE, optionally followed by :key=value,... with keys max_samples, fraction, weight, format.
   NAME is a catalogue dataset (`lorasoups ls datasets`): gsm8k, codealpaca, alpaca, mbpp, squad_v2_dev,
-  prompt_format1/2/4, and the raw-text corpora dnd_manual and bio_passages. FILE is JSON or JSONL with
-  instruction/input/output records (or .txt raw text). Examples:
+  prompt_format1/2/4, and the raw-text corpora dnd_manual and bio_passages. FILE is JSON, JSONL, CSV, TSV or
+  Parquet with instruction/input/output, prompt/completion or chat `messages` records (or .txt raw text). Examples:
     --data gsm8k:max_samples=2000     --data codealpaca:fraction=0.5     --data my.jsonl
   Several --data train one LoRA on their union (DATA-MIX); weight=W (or --weights) resamples the mix
   so dataset i contributes N*W_i/sum(W) examples, N being the total of the per-dataset selections.

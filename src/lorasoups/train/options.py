@@ -120,6 +120,7 @@ class TrainOptions(Spec):
     the loss definition; ``group_by_length=False`` gives uniformly random batches.
     """
 
+    renamed = dict(OLD_NAMES)  # the same old spellings as CAT / MoE, refused naming the new one
     r: int = opt(8, "LoRA rank", ge=1)
     lora_alpha: float = opt(16.0, "LoRA alpha (scaling = lora_alpha / r)", gt=0)
     lora_dropout: float = opt(0.05, "dropout on the LoRA input", ge=0, lt=1)
