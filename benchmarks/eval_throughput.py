@@ -150,7 +150,7 @@ def likelihood_mode(args, model, tok, task) -> int:
     rows.append(("reference: full forward per pair, full logits", n_scored, time.perf_counter() - t0,
                  time.process_time() - c0))
 
-    g = HFGenerator(model, tok, batch_size=args.batch_size, prefix_cache=True, bf16=bf16)
+    g = HFGenerator(model, tok, batch_size=args.batch_size, prefix_cache=True, bf16=bf16, prefix_mode=args.prefix_mode)
     t0, c0 = time.perf_counter(), time.process_time()
     res = g.nll([p for p, _ in pairs], [r for _, r in pairs])
     rows.append((f"ours: HFGenerator.nll batch {args.batch_size}, prefix KV", sum(r["n_tokens"] for r in res),

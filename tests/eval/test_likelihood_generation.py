@@ -72,6 +72,10 @@ def test_prefix_modes_agree_with_no_cache(fake_data, tiny):
         assert [x["nll"] for x in got] == pytest.approx([x["nll"] for x in base], abs=1e-5)
         assert g.generate(prompts, 6) == gen_ref
         assert g.stats["prefix_tokens_reused"] > 0
+    # auto: decoding shares the prefix, scoring copies it into the cache (SDPA's fused kernel)
+    g = HFGenerator(model, tok, batch_size=2, bf16=False)
+    assert (g.prefix_mode, g._nll_mode) == ("shared", "copy")
+    assert [x["nll"] for x in g.nll(prompts, golds)] == pytest.approx([x["nll"] for x in base], abs=1e-5)
 
 
 def test_generation_matches_hf_generate(tiny):

@@ -16,7 +16,9 @@
     CPUs where decoding is memory-bound;
   - ``copy`` (fallback): the prefix keys/values are copied into each batch's ``DynamicCache``
     (``DynamicCache(ddp_cache_data=...)`` concatenates them into fresh tensors, so the stored
-    prefix is never modified);
+    prefix is never modified). With ``prefix_mode="auto"``, :meth:`HFGenerator.nll` always uses
+    this way: whole suffixes are scored at once, and SDPA's fused kernel beats the shared path's
+    materialised scores there (1.86x measured), while decoding keeps the shared prefix;
 * finished rows (end-of-turn token, a stop string, the prompt's stop rule, the token budget) leave the
   batch (``Cache.batch_select_indices``), so long completions do not carry short ones;
 * bf16 autocast on CPUs with AVX512-BF16 / AMX (``/proc/cpuinfo``) unless disabled; the output
@@ -193,6 +195,11 @@ class HFGenerator:
         if prefix_mode not in ("auto", "shared", "copy"):
             raise ConfigError(f"prefix_mode must be auto, shared or copy, got {prefix_mode!r}")
         self.prefix_mode = "off"
+        # Teacher-forced scoring runs whole suffixes (many query positions): the prefix copied into
+        # the cache lets SDPA's fused kernel do the attention, 1.86x the shared path's materialised
+        # (rows, prefix + suffix) scores on the gsm_hard likelihood benchmark (17.3 s vs 32.1 s,
+        # 80 pairs, 2 cores). Decoding (one query position) stays faster shared (18.3 s vs 21.7 s).
+        self._nll_mode = "copy" if prefix_mode == "auto" else prefix_mode
         if prefix_cache:
             shared = prefix_mode in ("auto", "shared") and enable_shared_prefix(model)
             if prefix_mode == "shared" and not shared:
@@ -335,9 +342,10 @@ class HFGenerator:
         mask = torch.cat([torch.ones((B, P), dtype=torch.long), smask], 1) if include_prefix_in_mask else smask
         return ids.to(self.device), mask.to(self.device), pos.to(self.device), offsets
 
-    def _start(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, last_only: bool):
-        """Run the suffixes after the prefix. Returns ``(logits, cache, mask, pos, offsets, shared)``."""
-        shared = kv if (kv is not None and self.prefix_mode == "shared") else None
+    def _start(self, suffixes: Sequence[Sequence[int]], P: int, kv: Any, last_only: bool, mode: str | None = None):
+        """Run the suffixes after the prefix (``mode``: ``shared`` or ``copy``, default
+        ``self.prefix_mode``). Returns ``(logits, cache, mask, pos, offsets, shared)``."""
+        shared = kv if (kv is not None and (mode or self.prefix_mode) == "shared") else None
         ids, mask, pos, offs = self._batch_inputs(suffixes, P, include_prefix_in_mask=shared is None)
         cache = make_cache(kv, self.config, len(suffixes)) if (kv is not None and shared is None) else None
         logits, cache = self._forward(ids, mask, pos, cache, last_only=last_only, shared_kv=shared)
@@ -459,7 +467,8 @@ class HFGenerator:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
                 labs = [encs[i]["labels"][P:] for i in idx]
-                logits, _, _, _, offs, _ = self._start([encs[i]["input_ids"][P:] for i in idx], P, kv, last_only=False)
+                logits, _, _, _, offs, _ = self._start([encs[i]["input_ids"][P:] for i in idx], P, kv, last_only=False,
+                                                       mode=self._nll_mode)
                 for b, i in enumerate(idx):  # logits (B, Ls, V)
                     lab = labs[b]
                     tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
