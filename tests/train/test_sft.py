@@ -219,3 +219,26 @@ def test_group_by_length_same_examples_less_padding_deterministic(tmp_path, tiny
     assert other != grouped and sorted(x for b in other for x in b) == sorted(x for b in grouped for x in b)
     with pytest.raises(ConfigError, match="group_by_length: input should be a valid boolean"):
         train_lora(str(tiny_dir), [str(f)], tmp_path / "bad", group_by_length="yes", max_steps=1, **FAST)
+
+
+@pytest.mark.parametrize("precision,expect", [("bf16", True), ("fp32", False)])
+def test_loss_runs_under_the_resolved_autocast(tmp_path, tiny_dir, skill_file, monkeypatch, precision, expect):
+    """The training loss (which calls the decoder and head directly, not model.forward) runs inside
+    the Trainer's autocast region when bf16 is resolved, and outside any when fp32 is: the
+    recorded precision is the precision the matmuls actually used."""
+    import lorasoups.train.loss as loss_mod
+
+    real, seen = loss_mod.lm_loss_sum, []
+
+    def spy(model, batch, *a, **k):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(loss_mod, "lm_loss_sum", spy)
+    out = train_lora(str(tiny_dir), [str(skill_file)], tmp_path / "o", max_steps=2, save_steps=100,
+                     precision=precision, **FAST)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["precision"]["resolved"] == precision
+    assert len(seen) == 2 and all(on is expect for on, _ in seen), seen
+    if expect:
+        assert all(dt == torch.bfloat16 for _, dt in seen)

@@ -68,7 +68,11 @@ def lean_trainer_class():
 
     class LeanLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            s, n = lm_loss_sum(model, inputs)
+            # The Trainer's mixed precision is accelerate's autocast wrapped around model.forward;
+            # lm_loss_sum calls the decoder and the head directly, so the region is opened here
+            # (a no-op under fp32). Without it, "bf16" training ran every matmul in fp32.
+            with self.accelerator.autocast():
+                s, n = lm_loss_sum(model, inputs)
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 loss = s / num_items_in_batch
                 if self.args.average_tokens_across_devices:
