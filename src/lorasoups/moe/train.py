@@ -24,7 +24,8 @@ from ..train.options import MoeOptions
 def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, learning_rate: float, max_steps: int,
                 batch_size: int, grad_accum: int = 1, lr_scheduler: str = "linear", warmup_steps: int = 0,
                 balance_loss: float = 0.01, seed: int = 0, precision: str = "fp32", device: str = "cpu",
-                progress: bool = True, group_by_length: bool = False, dist: Any = None) -> list[dict]:
+                progress: bool = True, group_by_length: bool = False, dist: Any = None,
+                gradient_checkpointing: bool = False) -> list[dict]:
     """Train only the router weights with AdamW (no weight decay, gradient norm clipped to 1) on
     ``train`` with the training kit (:func:`lorasoups.train.loop.fit`).
 
@@ -61,7 +62,8 @@ def fit_routers(model, layers, train: list[dict], *, pad_token_id: int, learning
                    group_by_length=group_by_length, max_grad_norm=1.0,
                    before_forward=lambda b: set_token_mask(layers, b["attention_mask"], collect_aux=collect),
                    aux_loss=(lambda: mean_aux_loss(layers)) if collect else (lambda: None), aux_weight=balance_loss,
-                   desc="moe routers" if progress else None, what="MoE", dist=dist)
+                   desc="moe routers" if progress else None, what="MoE", dist=dist,
+                   gradient_checkpointing=gradient_checkpointing)
     finally:
         set_token_mask(layers, None, collect_aux=False)
         for p in params:
@@ -168,7 +170,8 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     log = fit_routers(model, layers, train_ex, pad_token_id=pad, learning_rate=o.learning_rate, max_steps=n_steps,
                       batch_size=o.batch_size, grad_accum=o.grad_accum, lr_scheduler=o.lr_scheduler,
                       warmup_steps=o.warmup_steps, balance_loss=o.balance_loss, seed=seed, precision=prec,
-                      device=dev, progress=progress, group_by_length=o.group_by_length, dist=dist)
+                      device=dev, progress=progress, group_by_length=o.group_by_length, dist=dist,
+                      gradient_checkpointing=o.gradient_checkpointing)
     train_s = time.time() - t_train
     val_after = eval_loss(model, val_ex, **vkw) if val_ex else None
 

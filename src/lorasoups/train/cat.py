@@ -53,7 +53,7 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lea
                      batch_size: int = 8, grad_accum: int = 1, lr_scheduler: str = "linear", warmup_steps: int = 0,
                      seed: int = 0, precision: str = "fp32", device: str = "cpu", log_every: int = 1,
                      group_by_length: bool = False, callback: Callable[[dict], None] | None = None,
-                     dist: Any = None) -> list[dict]:
+                     dist: Any = None, gradient_checkpointing: bool = False) -> list[dict]:
     """Train the CAT coefficient logits with Adam on the causal-LM loss of ``train`` (:func:`lorasoups.train.loop.fit`).
 
     Only ``handle.coefficients.logits`` (G, n) is optimised; everything else is frozen.
@@ -89,7 +89,8 @@ def fit_coefficients(model, handle, train: list[dict], *, pad_token_id: int, lea
     log += fit(model, params, train, optimizer=opt, pad_token_id=pad_token_id, max_steps=max_steps,
                lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
                seed=seed, precision=precision, device=device, group_by_length=group_by_length,
-               log_every=log_every, on_log=on_log, what="CAT", dist=dist)
+               log_every=log_every, on_log=on_log, what="CAT", dist=dist,
+               gradient_checkpointing=gradient_checkpointing)
     return log
 
 
@@ -257,7 +258,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
                                max_steps=n_steps, batch_size=o.batch_size, grad_accum=o.grad_accum,
                                lr_scheduler=o.lr_scheduler, warmup_steps=o.warmup_steps, seed=seed,
                                group_by_length=o.group_by_length, precision=prec, device=dev,
-                               log_every=o.log_every, callback=cb, dist=dist)
+                               log_every=o.log_every, callback=cb, dist=dist,
+                               gradient_checkpointing=o.gradient_checkpointing)
     else:
         log = [{"step": 0, "loss": None, "lr": None, "seconds": 0.0, "coefficients": coefficient_stats(handle)}]
     train_s = time.time() - t_train

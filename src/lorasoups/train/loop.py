@@ -20,6 +20,7 @@ head split the memory-lean loss needs, and only the few merge-weight tensors tra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -222,13 +223,41 @@ def eval_loss(model, examples: list[dict], *, pad_token_id: int, batch_size: int
 
 # ----------------------------------------------------------------------------- the loop
 
+@contextlib.contextmanager
+def activation_checkpointing(model, on: bool):
+    """While active (``on``), every decoder layer of ``model`` (a transformers model, possibly
+    PEFT-wrapped or with wrapped linear layers) keeps only its input in the forward pass and recomputes
+    its activations in the backward pass (transformers' gradient checkpointing, non-reentrant, so
+    no input needs ``requires_grad``). Gradients are unchanged; activation memory drops from all
+    layers' to about one layer's, for one more forward pass of compute.
+
+    Raises:
+        ConfigError: ``on`` and the model does not support gradient checkpointing.
+    """
+    if not on:
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it")
+    # newer transformers name it activation checkpointing; older releases gradient checkpointing
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+
+
 def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int, max_steps: int,
         lr_scheduler: str = "linear", warmup_steps: int = 0, batch_size: int = 8, grad_accum: int = 1,
         seed: int = 0, precision: str = "fp32", device: str = "cpu", group_by_length: bool = False,
         max_grad_norm: float | None = None, before_forward: Callable[[dict], None] | None = None,
         aux_loss: Callable[[], Any] | None = None, aux_weight: float = 0.0, log_every: int = 1,
         on_log: Callable[[dict], None] | None = None, desc: str | None = None, what: str = "training",
-        dist: Dist | None = None) -> list[dict]:
+        dist: Dist | None = None, gradient_checkpointing: bool = False) -> list[dict]:
     """Train ``params`` (already in ``optimizer``) on the causal-LM loss of ``train``.
 
     Each of ``max_steps`` optimiser steps runs ``grad_accum`` micro-batches of ``batch_size``
@@ -243,6 +272,8 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
         before_forward: called with each (device) micro-batch before its forward (MoE token masks).
         on_log: called with every log record before it is stored; may add keys.
         desc: a tqdm progress bar with this title (main process; None: no bar).
+        gradient_checkpointing: recompute decoder-layer activations in the backward pass
+            (:func:`activation_checkpointing`).
 
     Returns:
         log records ``{"step", "loss", "lr", "seconds"}`` (+ ``"ce"``, ``"balance"`` with
@@ -270,6 +301,8 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
     bar = tqdm(total=max_steps, desc=desc, unit="step",
                disable=desc is None or rank != 0 or not progress_enabled(True))
     model.train()
+    ckpt = activation_checkpointing(model, gradient_checkpointing)
+    ckpt.__enter__()
     try:
         for step in range(max_steps):
             optimizer.zero_grad(set_to_none=True)
@@ -320,6 +353,7 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
                 bar.set_postfix(loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "-")
             bar.update(1)
     finally:
+        ckpt.__exit__(None, None, None)
         bar.close()
     model.eval()
     return log

@@ -43,6 +43,8 @@ class FitOptions(Spec):
     long_responses: LONG_RESPONSES = opt("skip", "records whose response does not fit cutoff_len: skip or keep cut")
     val_fraction: float = opt(0.1, "part of the mix held out for the validation loss before/after", ge=0, lt=1)
     precision: PRECISION = opt("auto", "autocast precision; auto = bf16 where the hardware has native bf16, else fp32")
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass: "
+                                              "less memory, more time (docs/speed.md)")
     seed: int = opt(0, "seeds data sampling, batch order and initialisation")
 
 
@@ -146,6 +148,8 @@ class TrainOptions(Spec):
     skip_long_prompts: bool = opt(False, "drop records whose prompt does not fit cutoff_len instead of failing")
     long_responses: LONG_RESPONSES = opt("skip", "records whose response does not fit cutoff_len: skip or keep cut")
     precision: PRECISION = opt("auto", "autocast precision; auto = bf16 where the hardware has native bf16")
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass: "
+                                              "less memory, more time (docs/speed.md)")
     save_steps: int = opt(50, "checkpoint every N steps", ge=1)
     save_total_limit: int = opt(2, "checkpoints kept", ge=1)
     logging_steps: int = opt(1, "log every N steps", ge=1)

@@ -299,6 +299,9 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         # length-grouped batches (transformers' LengthGroupedSampler, drawn from the seeded torch RNG):
         # the same examples per epoch, in batches of similar length, so little of each batch is padding
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
+        # activation checkpointing per decoder layer (non-reentrant: no input needs requires_grad)
+        gradient_checkpointing=opts.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
     )
     is_main = args.process_index == 0
     ckpt = None
