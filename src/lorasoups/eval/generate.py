@@ -200,7 +200,6 @@ class HFGenerator:
         # (rows, prefix + suffix) scores on the gsm_hard likelihood benchmark (17.3 s vs 32.1 s,
         # 80 pairs, 2 cores). Decoding (one query position) stays faster shared (18.3 s vs 21.7 s).
         self._nll_mode = "copy" if prefix_mode == "auto" else prefix_mode
-        self.share_prompts = bool(prefix_cache)  # nll: run a prompt that several responses share once
         if prefix_cache:
             shared = prefix_mode in ("auto", "shared") and enable_shared_prefix(model)
             if prefix_mode == "shared" and not shared:
@@ -444,10 +443,8 @@ class HFGenerator:
 
         Token ids are :func:`lorasoups.prompts.encode_pair` ids (response + end-of-turn token;
         prompt tokens masked). The output projection and the log-softmax run in fp32 at the
-        scored positions only (even under bf16 autocast). When a prompt occurs more than once (an
-        item's gold answer and its control), its tokens after the shared prefix are run once and
-        every response to it continues from that cache (``share_prompts``). Returns per pair
-        ``{"nll": mean over response tokens (nats/token), "sum": total nats, "n_tokens": int}``.
+        scored positions only (even under bf16 autocast). Returns per pair ``{"nll": mean over response tokens (nats/token),
+        "sum": total nats, "n_tokens": int}``.
         """
         import torch
 
@@ -458,93 +455,40 @@ class HFGenerator:
         n_prompt = [sum(1 for x in e["labels"] if x == IGNORE_INDEX) for e in encs]
         out: list[dict[str, float] | None] = [None] * len(encs)
         head = self._plain_head()
-        head32 = None
+        w32 = b32 = None
         if head is not None:
-            head32 = (head.weight.detach().float(), None if head.bias is None else head.bias.detach().float())  # (V, H)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (e, n) in enumerate(zip(encs, n_prompt)):
-            groups.setdefault(tuple(e["input_ids"][:n]), []).append(i)
+            w32 = head.weight.detach().float()  # (V, H)
+            b32 = None if head.bias is None else head.bias.detach().float()
         with self._session(), self._hidden_states_out(head):
             # shared prefix within the prompts, keeping >= 1 prompt token per row after it
             P = self._prefix_len([e["input_ids"][:n] for e, n in zip(encs, n_prompt)])
             kv = self._prefix_kv(encs[0]["input_ids"][:P]) if P > 0 else None
-            if self.share_prompts and len(groups) < len(encs):
-                self._nll_by_prompt(encs, n_prompt, groups, P, kv, head32, out)
-            else:
-                self._nll_rows(encs, P, kv, head32, out)
+            order = sorted(range(len(encs)), key=lambda i: -len(encs[i]["input_ids"]))
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                labs = [encs[i]["labels"][P:] for i in idx]
+                logits, _, _, _, offs, _ = self._start([encs[i]["input_ids"][P:] for i in idx], P, kv, last_only=False,
+                                                       mode=self._nll_mode)
+                for b, i in enumerate(idx):  # logits (B, Ls, V)
+                    lab = labs[b]
+                    tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
+                    if not tpos:
+                        out[i] = {"nll": float("nan"), "sum": 0.0, "n_tokens": 0}
+                        continue
+                    rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
+                    tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
+                    sel = logits[b, rows]  # (n, V) logits, or (n, H) hidden states
+                    if w32 is not None:
+                        with torch.autocast(device_type=self.device.type, enabled=False):
+                            sel = torch.nn.functional.linear(sel.float(), w32, b32)  # (n, V), fp32
+                    lp = torch.log_softmax(sel.float(), -1).gather(1, tgt[:, None])[:, 0]
+                    tot = float(-lp.sum())
+                    out[i] = {"nll": tot / len(tpos), "sum": tot, "n_tokens": len(tpos)}
+                del logits
+                if self.on_batch is not None:
+                    self.on_batch(len(idx))
         self.stats["nll_s"] += time.perf_counter() - t0
         return [o for o in out if o is not None]
-
-    def _score(self, sel: Any, tgt: Any, head32: Any) -> dict[str, float]:
-        """NLL of targets ``tgt`` (n,) from the logits or hidden states ``sel`` (n, V or H) that predict them."""
-        import torch
-
-        if head32 is not None:
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                sel = torch.nn.functional.linear(sel.float(), head32[0], head32[1])  # (n, V), fp32
-        lp = torch.log_softmax(sel.float(), -1).gather(1, tgt[:, None])[:, 0]
-        tot = float(-lp.sum())
-        return {"nll": tot / len(tgt), "sum": tot, "n_tokens": int(len(tgt))}
-
-    def _nll_rows(self, encs: list[dict], P: int, kv: Any, head32: Any, out: list) -> None:
-        """Score every (prompt, response) pair as its own row after the shared prefix."""
-        import torch
-
-        order = sorted(range(len(encs)), key=lambda i: -len(encs[i]["input_ids"]))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            labs = [encs[i]["labels"][P:] for i in idx]
-            logits, _, _, _, offs, _ = self._start([encs[i]["input_ids"][P:] for i in idx], P, kv, last_only=False,
-                                                   mode=self._nll_mode)
-            for b, i in enumerate(idx):  # logits (B, Ls, V)
-                lab = labs[b]
-                tpos = [t for t in range(1, len(lab)) if lab[t] != IGNORE_INDEX]  # predicted tokens
-                if not tpos:
-                    out[i] = {"nll": float("nan"), "sum": 0.0, "n_tokens": 0}
-                    continue
-                rows = torch.tensor([offs[b] + t - 1 for t in tpos], device=logits.device)
-                tgt = torch.tensor([lab[t] for t in tpos], device=logits.device)
-                out[i] = self._score(logits[b, rows], tgt, head32)
-            del logits
-            if self.on_batch is not None:
-                self.on_batch(len(idx))
-
-    def _nll_by_prompt(self, encs: list[dict], n_prompt: list[int], groups: dict[tuple[int, ...], list[int]],
-                       P: int, kv: Any, head32: Any, out: list) -> None:
-        """Score responses grouped by prompt: each distinct prompt's tokens after the prefix are run
-        once (left-padded batch, prefix copied into the cache); its rows of the cache are then
-        repeated, one per response, and the right-padded responses continue from them. The first
-        response token is predicted from the prompt's last position, the others from the response."""
-        import torch
-
-        keys = sorted(groups, key=lambda k: -len(k))
-        s = 0
-        while s < len(keys):
-            batch, n_rows = [], 0  # distinct prompts, as many as fit batch_size responses (>= 1)
-            while s < len(keys) and (not batch or n_rows + len(groups[keys[s]]) <= self.batch_size):
-                batch.append(keys[s])
-                n_rows += len(groups[keys[s]])
-                s += 1
-            last, cache, mask, pos, _, _ = self._start([k[P:] for k in batch], P, kv, last_only=True, mode="copy")
-            members = [(b, i) for b, k in enumerate(batch) for i in groups[k]]
-            resp = [encs[i]["input_ids"][n_prompt[i]:] for _, i in members]  # each >= 1 token (end of turn)
-            sel = torch.tensor([b for b, _ in members], device=self.device)
-            select_rows(cache, sel)
-            B2, L2 = len(members), max(len(r) for r in resp)
-            ids = torch.full((B2, L2), self.pad_id, dtype=torch.long)
-            rmask = torch.zeros((B2, L2), dtype=torch.long)
-            for j, r in enumerate(resp):
-                ids[j, :len(r)] = torch.tensor(r, dtype=torch.long)
-                rmask[j, :len(r)] = 1
-            ids, rmask = ids.to(self.device), rmask.to(self.device)
-            pos2 = pos[sel, -1:] + 1 + torch.arange(L2, device=self.device)[None]  # (B2, L2), right pads after
-            logits, _ = self._forward(ids, torch.cat([mask[sel], rmask], 1), pos2, cache, last_only=False)
-            for j, ((b, i), r) in enumerate(zip(members, resp)):
-                hid = torch.cat([last[b, -1:], logits[j, :len(r) - 1]], 0)  # (len(r), V or H)
-                out[i] = self._score(hid, torch.tensor(r, device=self.device), head32)
-            del logits, cache
-            if self.on_batch is not None:
-                self.on_batch(B2)
 
 
 __all__ = ["Generator", "HFGenerator", "CannedGenerator", "cpu_supports_bf16",
