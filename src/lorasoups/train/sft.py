@@ -264,6 +264,8 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         raise ConfigError(f"train: target modules {opts.target_modules} do not match the base model {base}: {e}") from None
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+    ck = ("activation_checkpointing" if "activation_checkpointing" in getattr(TrainingArguments, "__dataclass_fields__", {})
+          else "gradient_checkpointing")
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=opts.max_steps if opts.max_steps else -1,
@@ -299,9 +301,10 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         # length-grouped batches (transformers' LengthGroupedSampler, drawn from the seeded torch RNG):
         # the same examples per epoch, in batches of similar length, so little of each batch is padding
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
-        # activation checkpointing per decoder layer (non-reentrant: no input needs requires_grad)
-        gradient_checkpointing=opts.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
+        # activation checkpointing per decoder layer (non-reentrant: no input needs requires_grad);
+        # newer transformers call it activation_checkpointing, older gradient_checkpointing
+        **{ck: opts.gradient_checkpointing,
+           f"{ck}_kwargs": {"use_reentrant": False} if opts.gradient_checkpointing else None},
     )
     is_main = args.process_index == 0
     ckpt = None
