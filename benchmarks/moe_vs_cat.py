@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--kinds", default="cat,moe,moe_fixed,moe_ckpt")
     args = ap.parse_args()
+    if args.steps < 1:
+        ap.error("--steps must be at least 1 (the first round is a warm-up and not timed)")
     torch.set_num_threads(args.threads)
 
     from lorasoups.io.adapters import read_adapter

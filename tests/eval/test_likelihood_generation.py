@@ -75,7 +75,10 @@ def test_prefix_modes_agree_with_no_cache(fake_data, tiny):
     # auto: decoding shares the prefix, scoring copies it into the cache (SDPA's fused kernel)
     g = HFGenerator(model, tok, batch_size=2, bf16=False)
     assert (g.prefix_mode, g._nll_mode) == ("shared", "copy")
+    modes, real_start = [], g._start
+    g._start = lambda *a, **k: (modes.append(k.get("mode")), real_start(*a, **k))[1]
     assert [x["nll"] for x in g.nll(prompts, golds)] == pytest.approx([x["nll"] for x in base], abs=1e-5)
+    assert modes and set(modes) == {"copy"}
 
 
 def test_generation_matches_hf_generate(tiny):

@@ -64,6 +64,7 @@ def test_cat_same_coefficients_layers_recomputed(tiny_dir, skill_adapters, layer
         runs[on] = ([r["loss"] for r in log if r["loss"] is not None], h.coefficients.logits.detach().clone(),
                     layer_calls["n"])
         assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # off again after
+        assert not getattr(model, "_require_grads_hooks", None)  # and the embedding hook removed
     (l0, c0, n0), (l1, c1, n1) = runs[False], runs[True]
     assert l1 == pytest.approx(l0, abs=1e-6) and torch.allclose(c0, c1, atol=1e-6)
     assert n0 == 3 * n_layers and n1 == 2 * n0  # 3 micro-batches: once each, then forward + recompute

@@ -240,6 +240,9 @@ def activation_checkpointing(model, on: bool):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it")
+    # enabling also hooks the embeddings so their output requires grad; disabling removes that hook
+    # only on PEFT-loaded models, so the hooks added here are removed here
+    had_hooks = bool(getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None))
     # newer transformers name it activation checkpointing; older releases gradient checkpointing
     if hasattr(base, "activation_checkpointing_enable"):
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -249,6 +252,8 @@ def activation_checkpointing(model, on: bool):
         yield
     finally:
         (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+        if not had_hooks and hasattr(base, "disable_input_require_grads"):
+            base.disable_input_require_grads()
 
 
 def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int, max_steps: int,
@@ -301,8 +306,8 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
     bar = tqdm(total=max_steps, desc=desc, unit="step",
                disable=desc is None or rank != 0 or not progress_enabled(True))
     model.train()
-    ckpt = activation_checkpointing(model, gradient_checkpointing)
-    ckpt.__enter__()
+    stack = contextlib.ExitStack()
+    stack.enter_context(activation_checkpointing(model, gradient_checkpointing))
     try:
         for step in range(max_steps):
             optimizer.zero_grad(set_to_none=True)
@@ -353,7 +358,7 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
                 bar.set_postfix(loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "-")
             bar.update(1)
     finally:
-        ckpt.__exit__(None, None, None)
+        stack.close()
         bar.close()
     model.eval()
     return log
