@@ -91,3 +91,14 @@ def test_forest_columns_are_validated_against_the_column_labels():
     assert ok is not None
     with pytest.raises(ConfigError, match=r"report.forest_columns: 'GSM-Hard NLL' is not a label"):
         load_config(cfg, "smoke", ['report.forest_columns=["GSM-Hard NLL"]'])
+
+
+def test_base_row_is_left_out_and_a_column_where_only_base_differs_is_dropped():
+    # every adapter gives the same answers (accuracy ties linear item by item); only the base model
+    # differs: the accuracy panel says nothing about the combinations and is dropped, and base is no
+    # row of the NLL panel either
+    doc = _doc([_p("acc", "base", -0.39, 0.026), _p("acc", "cat", 0.0, 0.0), _p("acc", "ties", 0.0, 0.0),
+                _p("NLL", "base", 2.85, 0.02), _p("NLL", "cat", 0.0003, 0.0003)])
+    panels = forest_panels(doc)
+    assert [p["column"] for p in panels] == ["NLL"]
+    assert [r["method"] for r in panels[0]["rows"]] == ["cat"]

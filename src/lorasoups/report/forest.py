@@ -11,8 +11,11 @@ exclude 0 are drawn solid.
 
 Which columns: ``report.forest_columns`` in the config (labels), else every *target* column whose
 direction is known (``better`` higher/lower), skipping a column where no method differs from any
-reference (e.g. an accuracy at the floor for every method). Which references: the config's
-``report.compare_to`` (e.g. ``linear`` and ``data_mix``).
+reference (e.g. an accuracy at the floor for every method, or every adapter giving the same
+answer). Which references: the config's ``report.compare_to`` (e.g. ``linear`` and ``data_mix``).
+The base model's row (method ``base``) is left out: its distance to every adapter is the skills'
+own effect (in the tables' "vs the base model"), and it would stretch the axis so far that the
+differences between combinations, which the plot is for, shrink to a point.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def forest_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         cols = [c for c in columns if c.get("target") and c.get("better", "higher") in ("higher", "lower")]
     paired = ((doc.get("analysis") or {}).get("paired")) or []
+    methods = doc.get("methods") or {}
+    base_rows = {m for m, info in methods.items() if (info or {}).get("method") == "base"} or {"base"}
     panels: list[dict[str, Any]] = []
     for c in cols:
         sign = 1.0 if c.get("better", "higher") == "higher" else -1.0
@@ -55,7 +60,7 @@ def forest_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
         for ref in refs:
             rows = []
             for p in paired:
-                if p.get("column") != c["label"] or p.get("vs") != f"method:{ref}":
+                if p.get("column") != c["label"] or p.get("vs") != f"method:{ref}" or p["method"] in base_rows:
                     continue
                 d, se = p.get("diff"), p.get("stderr")
                 if d is None or se is None or not math.isfinite(d) or not math.isfinite(se):
