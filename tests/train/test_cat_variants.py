@@ -245,3 +245,33 @@ def test_exclude_gives_a_lone_adapter_no_gradient(tiny_dir, pair):
     assert grad[groups.index("model.layers.0.self_attn.o_proj")].abs().max() == 0
     assert grad[groups.index("model.layers.1.self_attn.v_proj")].abs().max() == 0
     assert grad[groups.index("model.layers.0.self_attn.q_proj")].abs().max() > 0
+
+
+def test_pooled_is_the_plain_token_mean_bit_for_bit(tiny_dir, pair, tmp_path):
+    """mix=pooled through data specs (examples tagged with their skill, mix recorded) trains exactly
+    as the same examples given untagged: the mix bookkeeping changes nothing in the pooled run."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from lorasoups.train.data import load_training_data
+
+    def recs(path, n, k):
+        path.write_text(json.dumps([{"instruction": f"q {i}", "input": "", "output": "ab " * (1 + i % k)} for i in range(n)]))
+        return str(path)
+
+    data = [recs(tmp_path / "x.json", 20, 6), recs(tmp_path / "y.json", 8, 2)]
+    kw = dict(fraction=1.0, max_steps=3, batch_size=4, learning_rate=0.3, precision="fp32", device="cpu", seed=2,
+              init="random")
+    a = train_cat(str(tiny_dir), pair, data, tmp_path / "specs", **kw)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    ex = load_training_data(data, tok, cutoff_len=256, fraction=1.0, seed=2, skip_long_prompts=True).examples
+    assert all("skill" not in e for e in ex)
+    b = train_cat(str(tiny_dir), pair, ex, tmp_path / "examples", **kw)
+    ta, tb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    la = [json.loads(x)["loss"] for x in (a / "cat_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (b / "cat_log.jsonl").read_text().splitlines()]
+    assert la == lb and la[1] is not None
+    oa, ob = (json.loads((d / "cat_options.json").read_text()) for d in (a, b))
+    assert oa["val_loss_after"] == ob["val_loss_after"]
+    assert oa["mix"]["mix"] == "pooled" and ob["mix"] is None  # untagged examples: no per-skill record

@@ -175,14 +175,17 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         out: output folder (written atomically; refused if it is or contains an input).
         seed: seeds data sampling, batch order and a random init.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (under ``accelerate launch``: each process's device).
-        **params: :class:`~lorasoups.train.options.CatOptions` (granularity, normalize, init,
-            learning_rate, max_steps, epochs, batch_size, grad_accum, lr_scheduler, fraction, ...),
+        **params: :class:`~lorasoups.train.options.CatOptions` (granularity, normalize, init, mix
+            (:mod:`lorasoups.train.mix`), missing (:mod:`lorasoups.train.fused`), learning_rate,
+            max_steps, epochs, batch_size, grad_accum, lr_scheduler, fraction, ...),
             validated once here. ``group_by_length`` changes which examples share a batch, not the
             data or the loss.
 
     Returns:
         ``out``: a PEFT LoRA folder (coefficients folded into B, scaling 1) with
-        ``cat_coefficients.json``, ``cat_log.jsonl``, ``coefficients.png`` and ``cat_options.json``.
+        ``cat_coefficients.json``, ``cat_log.jsonl``, ``coefficients.png`` and ``cat_options.json``
+        (with ``mix``: per skill its training / held-out examples, scored tokens and weight share,
+        and ``val_loss_by_skill``).
 
     Raises:
         ConfigError: bad option values (all named), fewer than 2 adapters, no data without ``no_train``.
