@@ -15,6 +15,7 @@ section "Experiments")::
       math: {method: skill, skill: math}   # or `skill:math: {}`
       ties: {params: {density: 0.5}}
       cat_static: {method: cat, params: {no_train: true, init: uniform}}
+      cat_layer: {like: cat, params: {granularity: layer}}   # cat's method, skills, data and params, then these
     eval:
       options: {batch_size: 8}     # defaults for every task
       tasks:                       # label -> {task, role, skill, <evaluate options>}
@@ -26,9 +27,12 @@ section "Experiments")::
       cpu: {extends: smoke, ...}
 
 Resolution order: the file (after its ``include`` files, which it overrides) -> the preset (and
-the presets it ``extends``) -> command-line ``key.path=value`` overrides (values parsed as YAML).
-In mappings that are merged, a value ``~`` (null) *sets* None; to drop a method or task from a
-preset, give it ``enabled: false``.
+the presets it ``extends``; several presets ``a,b`` apply left to right) -> command-line
+``key.path=value`` overrides (values parsed as YAML). In mappings that are merged, a value ``~``
+(null) *sets* None; to drop a method or task from a preset, give it ``enabled: false`` (a disabled
+task's report columns are dropped with it). A method row ``like: <label>`` starts from that row's
+``method``, ``skills``, ``skill``, ``data`` and ``params`` (resolved after the preset and the
+overrides) and merges its own keys over them.
 
 Validation happens once, before any work, and reports every problem together in one
 :class:`~lorasoups.errors.ConfigError`: unknown keys (with "did you mean"), unknown methods, tasks,
@@ -150,7 +154,8 @@ class ExperimentConfig:
 TOP_KEYS = {"name", "description", "base", "seed", "data_dir", "allow_code_execution", "train",
             "skills", "methods", "eval", "report", "presets", "include", "notes", "substitutes"}
 SKILL_KEYS = {"data", "train", "description"}
-METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled"}
+METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled", "like"}
+LIKE_KEYS = ("method", "skills", "skill", "data", "params")  # what `like: <label>` copies from that row
 EVAL_KEYS = {"options", "tasks"}
 TASK_KEYS = {"task", "role", "skill", "enabled", "options"}
 REPORT_KEYS = {"columns", "title", "compare_to", "forest_columns"}
@@ -233,6 +238,34 @@ def _method(p: Problems, label: str, body: Any, skills: Mapping[str, SkillConfig
     return MethodConfig(label, mname, info.kind, tuple(sks), freeze(params), tuple(data), desc or info.description)
 
 
+def _resolve_like(p: Problems, methods_raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Method bodies with ``like: <label>`` replaced by that row's :data:`LIKE_KEYS` (its
+    ``method`` defaulting to its label) with the body's own keys merged over them (chains allowed)."""
+    out: dict[str, Any] = {}
+
+    def resolve(label: str, chain: tuple[str, ...]) -> Any:
+        body = methods_raw[label]
+        if not isinstance(body, Mapping) or "like" not in body:
+            return body
+        ref = body["like"]
+        path = f"methods.{label}.like"
+        if not isinstance(ref, str) or ref not in methods_raw:
+            p.add(path, f"{ref!r} is not a method label of this config{suggest(str(ref), list(methods_raw))}")
+            return {k: v for k, v in body.items() if k != "like"}
+        if ref in chain:
+            p.add(path, f"cycle: {' -> '.join((*chain, ref))}")
+            return {k: v for k, v in body.items() if k != "like"}
+        base = resolve(ref, (*chain, ref))
+        base = base if isinstance(base, Mapping) else {}
+        start = {k: base[k] for k in LIKE_KEYS if k in base}
+        start.setdefault("method", ref)
+        return deep_merge(start, {k: v for k, v in body.items() if k != "like"})
+
+    for label in methods_raw:
+        out[label] = resolve(str(label), (str(label),))
+    return out
+
+
 def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig], source: str | None,
            known: Known) -> list[TaskConfig]:
     ev = as_mapping(p, "eval", raw.get("eval"), none_ok=False)
@@ -263,7 +296,15 @@ def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig
     return tasks
 
 
-def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known) -> list[ColumnConfig]:
+def _disabled_tasks(raw: Mapping[str, Any]) -> set[str]:
+    """Labels of the tasks declared with ``enabled: false``."""
+    ev = raw.get("eval") if isinstance(raw.get("eval"), Mapping) else {}
+    tasks = ev.get("tasks") if isinstance(ev.get("tasks"), Mapping) else {}
+    return {str(k) for k, v in tasks.items() if isinstance(v, Mapping) and v.get("enabled", True) is False}
+
+
+def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known,
+             disabled: set[str] = frozenset()) -> list[ColumnConfig]:
     from .eval.registry import metric_better
 
     cols: list[ColumnConfig] = []
@@ -277,6 +318,8 @@ def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known
         c = as_mapping(p, path, c)
         p.keys(path, c, COLUMN_KEYS)
         t, m = c.get("task"), c.get("metric")
+        if t in disabled:
+            continue  # the task is switched off (enabled: false): its columns go with it
         if t not in task_labels:
             p.add(f"{path}.task", f"{t!r} is not an evaluation task of this config{suggest(str(t), list(task_labels))}")
             continue
@@ -335,12 +378,13 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
     if not methods_raw:
         p.add("methods", "at least one method is required")
     registry = dict(load_methods().items())
+    methods_raw = _resolve_like(p, methods_raw)
     methods = [m for label, body in methods_raw.items()
                if (m := _method(p, str(label), body, skills, train_defaults, known, registry)) is not None]
     tasks = _tasks(p, raw, skills, source, known)
     rep = as_mapping(p, "report", raw.get("report"))
     p.keys("report", rep, REPORT_KEYS)
-    cols = _columns(p, rep, tasks, known)
+    cols = _columns(p, rep, tasks, known, _disabled_tasks(raw))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         p.add("methods", "duplicate labels")

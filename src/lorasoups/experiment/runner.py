@@ -62,11 +62,16 @@ class Runner:
         force: re-do every step even when its marker matches.
         device: ``--device`` for every training and evaluation step (None: each function's
             default, auto); not part of any step's hash.
+        seed_from: another run folder (``--from``): before running, copy into ``run_dir`` every
+            finished output of that run that this plan also has (same step id or evaluation task,
+            with its marker) and that ``run_dir`` does not hold yet (:meth:`seed`); the usual keys then
+            decide what is re-used. The other folder is only read.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, data_dir: str | Path | None = None,
                  executors: dict[str, Callable[..., dict[str, Any]]] | None = None,
-                 log: Callable[[str], None] | None = None, force: bool = False, device: str | None = None):
+                 log: Callable[[str], None] | None = None, force: bool = False, device: str | None = None,
+                 seed_from: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         self.data_dir_arg = data_dir if data_dir is not None else cfg.data_dir
@@ -74,6 +79,12 @@ class Runner:
         self.log = log or (lambda s: print(s, flush=True))
         self.force = force
         self.device = device
+        self.seed_from = Path(seed_from).resolve() if seed_from is not None else None
+        if self.seed_from is not None:
+            if self.seed_from == self.run_dir:
+                raise LorasoupsError(f"--from {seed_from}: that is the run folder itself")
+            if not (self.seed_from / "steps").is_dir():
+                raise LorasoupsError(f"--from {seed_from}: not a run folder (no steps/ inside)")
         self.steps = build_plan(cfg, self.run_dir)
         self.executed: list[str] = []  # ids of steps that did work in this run (tests read it)
 
@@ -169,8 +180,48 @@ class Runner:
         with _run_lock(self.run_dir):
             return self._run()
 
+    def seed(self, src: Path) -> list[str]:
+        """Copy from run folder ``src`` every output this plan shares with it (a build or training
+        step's folder, an evaluation task's folder) together with its marker, where ``src`` has
+        both and this run folder has neither; also the file-hash memo when this folder has none.
+        Nothing is trusted beyond what the markers' keys prove: a copied step whose key no longer
+        matches is re-done here as usual. Returns the copied step ids (``eval/<label>/<task>``)."""
+        done: list[str] = []
+
+        def copy(rel_out: Path, rel_marker: str, sid: str) -> None:
+            s_out, s_mk = src / rel_out, src / "steps" / rel_marker
+            d_out, d_mk = self.run_dir / rel_out, self.run_dir / "steps" / rel_marker
+            if not (s_out.exists() and s_mk.is_file()) or d_mk.exists() or d_out.exists():
+                return
+            if read_marker(s_mk) is None:
+                return
+            d_out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = d_out.with_name(f".{d_out.name}.seed-tmp")
+            remove_path(tmp)
+            (shutil.copytree if s_out.is_dir() else shutil.copy2)(s_out, tmp)
+            tmp.rename(d_out)
+            d_mk.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s_mk, d_mk)
+            done.append(sid)
+
+        for st in self.steps:
+            if st.stage == "eval":
+                for t in self.cfg.tasks:
+                    copy(st.out.relative_to(self.run_dir) / t.label, f"{st.id}/{t.label}.json", f"{st.id}/{t.label}")
+            else:
+                copy(st.out.relative_to(self.run_dir), f"{st.id}.json", st.id)
+        memo = self.run_dir / "steps" / "file_hashes.json"
+        if not memo.exists() and (src / "steps" / "file_hashes.json").is_file():
+            shutil.copy2(src / "steps" / "file_hashes.json", memo)
+        return done
+
     def _run(self) -> dict[str, Any]:
         self._by_id = {s.id: s for s in self.steps}
+        if self.seed_from is not None:
+            copied = self.seed(self.seed_from)
+            self.log(f"seeded from {self.seed_from}: {len(copied)} finished outputs copied "
+                     f"(their keys are checked as usual)")
+            self._steplog({"event": "seeded", "from": str(self.seed_from), "copied": copied})
         atomic_write_text(self.run_dir / "config.resolved.json", json.dumps(self.cfg.to_dict(), indent=1, default=str))
         t_start = time.time()
         ctx = self._context()

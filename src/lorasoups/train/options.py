@@ -54,6 +54,11 @@ class CatOptions(FitOptions):
     granularity: Literal["module", "layer", "global"] = opt("module", "one coefficient per adapter per module, layer or globally")
     normalize: Literal["softmax", "none"] = opt("softmax", "softmax across adapters (reference code) or raw (paper formula)")
     init: str | float | list[float] = opt("uniform", "uniform, random (seeded normal logits), a number or n numbers")
+    mix: Literal["pooled", "balanced"] = opt("pooled", "training objective over the skill data: pooled = token mean over "
+                                             "the concatenated mix; balanced = mean over skills (data specs) of each "
+                                             "skill's token mean")
+    missing: Literal["share", "exclude"] = opt("share", "a module some adapter lacks: share = softmax over all adapters "
+                                               "(the absent one keeps a share); exclude = over the adapters present")
     learning_rate: float = opt(5e-2, "Adam learning rate of the coefficient logits", gt=0)
     skip_long_prompts: bool = opt(True, "drop records whose prompt does not fit cutoff_len (else: error)")
     no_train: bool = opt(False, "export the initial coefficients (the static controls); no data needed")
