@@ -272,6 +272,18 @@ def test_config_links_the_control_to_its_cat_row(tmp_path):
     assert _build(raw2, tmp_path).method("lora_cat_data").params["cat_options"]["max_steps"] == 7
 
 
+def test_config_links_cat_random_to_its_cat_row(tmp_path):
+    raw = _raw(tmp_path, cat={"skills": ["a", "b"], "params": {"fraction": 0.2, "max_steps": 5}},
+               cat_random={"params": {"random_norm": "factors"}},
+               own={"method": "cat_random", "skills": ["a", "c"], "params": {"cat": None, "max_steps": 2}})
+    cfg = _build(raw, tmp_path)
+    ctl = cfg.method("cat_random")
+    assert ctl.skills == ("a", "b") and dict(ctl.params) == {"fraction": 0.2, "max_steps": 5, "seed": 4,
+                                                              "random_norm": "factors", "cat": "cat"}
+    own = cfg.method("own")  # cat: null -> not linked, its own CAT options
+    assert own.skills == ("a", "c") and dict(own.params) == {"cat": None, "max_steps": 2}
+
+
 @pytest.mark.parametrize("methods,match", [
     ({"lora_cat_data": {}}, r"methods.lora_cat_data.params.cat: 'cat' is not a CAT row"),
     ({"mycat": {"method": "cat"}, "lora_cat_data": {"params": {"cat": "mycta"}}}, r"did you mean 'mycat'"),
@@ -284,6 +296,8 @@ def test_config_links_the_control_to_its_cat_row(tmp_path):
     ({"cat_random": {"params": {"random_norm": "spectral"}}}, r"cat_random.params.random_norm: input should be 'delta'"),
     ({"cat_random": {"params": {"random_seed": "x"}}}, r"cat_random.params.random_seed: input should be a valid integer"),
     ({"cat_random": {"params": {"lr": 0.1}}}, r"cat_random.params.lr: renamed to 'learning_rate'"),
+    ({"cat": {}, "cat_random": {"params": {"max_steps": 2}}}, r"cat_random.params.max_steps: comes from the CAT row"),
+    ({"cat_random": {}}, r"cat_random.params.cat: 'cat' is not a CAT row"),
 ])
 def test_config_refuses_bad_control_rows(tmp_path, methods, match):
     from lorasoups.errors import ConfigError
@@ -300,7 +314,7 @@ def test_controls_run_through_the_runner(tiny_dir, skill_files, tmp_path):
            "train": {"r": 2, "max_steps": 40, "batch_size": 8, "warmup_steps": 0, "save_steps": 1000, "cutoff_len": 64},
            "skills": {"a": {"data": [skill_files[0]]}, "b": {"data": [skill_files[1]]}},
            "methods": {"cat": {"params": {"max_steps": 3, "batch_size": 4, "fraction": 0.25, "cutoff_len": 64}},
-                       "cat_random": {"params": {"max_steps": 3, "batch_size": 4, "fraction": 0.25, "cutoff_len": 64}},
+                       "cat_random": {},
                        "lora_cat_data": {}},
            "eval": {"options": {"limit": 2}, "tasks": {"t": {"role": "target"}}}}
     cfg = _build(raw, tmp_path)

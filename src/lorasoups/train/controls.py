@@ -15,10 +15,11 @@ well. So every experiment here can hold, beside ``cat``:
   for exactly CAT's number of optimiser steps and batch size. If it matches CAT, the coefficient data
   alone explains the gain.
 
-A CAT win counts only if it beats both. How ``lora_cat_data`` reads its CAT row: config validation
-calls :func:`link_cat_row` (the registration's ``link``), which copies the named CAT row's options into
-``cat_options`` and its skills and data into the control's row, so the two cannot drift (a preset that
-changes CAT changes the control, and the control's cache key follows).
+A CAT win counts only if it beats both. How a control reads its CAT row (``params.cat``, default
+``cat``): config validation calls the registration's ``link`` (:attr:`lorasoups.methods.MethodInfo.link`),
+:func:`link_cat_random_row` / :func:`link_cat_row`, which copy the named CAT row's options (into the
+params, or into ``cat_options``), skills and data into the control's row, so the two cannot drift: a
+preset that changes CAT changes the controls, and their cache keys follow.
 """
 
 from __future__ import annotations
@@ -42,6 +43,100 @@ FROM_CAT = ("batch_size", "grad_accum", "max_steps", "epochs", "cutoff_len", "fr
             "text_overlap", "weights")
 
 
+# ----------------------------------------------------------------------------- linking a control to its CAT row
+
+def _cat_row(body: Mapping[str, Any], rows: Mapping[str, Any], path: str, *, default: str | None,
+             must_train: bool) -> tuple[Any, str | None, list[str]]:
+    """(the CAT row a control names in ``params.cat``, its label, problems); the row is None when
+    it names none (or a bad one)."""
+    from ..registry import suggest
+
+    own = body.get("params") if isinstance(body.get("params"), Mapping) else {}
+    label = own.get("cat", default)
+    if not isinstance(label, str):
+        return None, None, []  # none: not linked; another type: the spec reports it
+    trained = [lb for lb, r in rows.items() if r.method == "cat" and not (must_train and r.params.get("no_train"))]
+    cat = rows.get(label)
+    if cat is None or cat.method != "cat":
+        return None, label, [f"{path}.params.cat: {label!r} is not a CAT row of this config{suggest(label, trained)}; "
+                             f"rows of method cat{' that train' if must_train else ''}: {', '.join(trained) or 'none'}"]
+    if must_train and cat.params.get("no_train"):
+        return None, label, [f"{path}.params.cat: the CAT row {label!r} does not train (no_train: true); "
+                             f"name one that does ({', '.join(trained) or 'none'})"]
+    return cat, label, []
+
+
+def _same_inputs(row: Any, cat: Any, body: Mapping[str, Any], label: str, path: str) -> list[str]:
+    """Problems of a control row that gives other skills or data than its CAT row."""
+    out = []
+    if "skills" in body and tuple(row.skills) != tuple(cat.skills):
+        out.append(f"{path}.skills: {list(row.skills)} differ from the CAT row {label!r}'s {list(cat.skills)} "
+                   f"(leave skills out: the control uses CAT's)")
+    if "data" in body and tuple(row.data) != tuple(cat.data):
+        out.append(f"{path}.data: differs from the CAT row {label!r}'s data (leave data out: the control uses CAT's)")
+    return out
+
+
+def link_cat_row(row: Any, *, body: Mapping[str, Any], rows: Mapping[str, Any], seed: int,
+                 path: str) -> tuple[Any, list[str]]:
+    """Fill a ``lora_cat_data`` row from the CAT row it names (``params.cat``, default ``cat``).
+
+    The row gets that CAT row's skills and data, its params lose the :data:`FROM_CAT` keys (the
+    experiment's ``train`` values for them do not apply) and gain ``cat_options`` (the CAT row's
+    params, with the experiment ``seed`` when it sets none) and ``seed`` (CAT's).
+
+    Args:
+        row: the control's :class:`~lorasoups.config.MethodConfig` (params already over ``train``).
+        body: the row as written in the config (to tell its own params from ``train``'s).
+        rows: every row by label.
+        seed: the experiment seed.
+        path: ``methods.<label>`` for the problems.
+
+    Returns:
+        (the filled row, problems): a :data:`FROM_CAT` key or ``cat_options`` set in the row itself,
+        no such CAT row, a CAT row that does not train, or other skills or data than CAT's.
+    """
+    from ..config_load import freeze, thaw
+
+    own = body.get("params") if isinstance(body.get("params"), Mapping) else {}
+    cat, label, probs = _cat_row(body, rows, path, default="cat", must_train=True)
+    probs = [f"{path}.params.{k}: comes from the CAT row {label!r} (this control copies its data and steps); "
+             f"set it there" for k in FROM_CAT if k in own] + probs
+    if "cat_options" in own:
+        probs.append(f"{path}.params.cat_options: filled in from the CAT row {label!r}; not set in a config")
+    if cat is None:
+        return row, probs
+    probs += _same_inputs(row, cat, body, label, path)
+    cat_opts = thaw(cat.params)
+    cat_opts.setdefault("seed", seed)
+    params = {k: v for k, v in thaw(row.params).items() if k not in FROM_CAT}
+    params.update(cat=label, cat_options=cat_opts, seed=cat_opts["seed"])
+    return replace(row, skills=tuple(cat.skills), data=tuple(cat.data), params=freeze(params)), probs
+
+
+def link_cat_random_row(row: Any, *, body: Mapping[str, Any], rows: Mapping[str, Any], seed: int,
+                        path: str) -> tuple[Any, list[str]]:
+    """Fill a ``cat_random`` row from the CAT row it names (``params.cat``, default ``cat``; ``null``:
+    not linked, its own options): that row's CAT options (and seed: the experiment's when it sets
+    none), skills and data, so the control runs CAT exactly as the CAT row does in every preset.
+    Arguments and returns as :func:`link_cat_row`; a CAT option set in the control's own row is a problem."""
+    from ..config_load import freeze, thaw
+
+    own = body.get("params") if isinstance(body.get("params"), Mapping) else {}
+    cat, label, probs = _cat_row(body, rows, path, default="cat", must_train=False)
+    if label is None:
+        return row, probs
+    probs = [f"{path}.params.{k}: comes from the CAT row {label!r} (this control runs CAT as that row does); set it "
+             f"there, or give cat: null to set CAT's options here" for k in own if k in CatOptions.model_fields] + probs
+    if cat is None:
+        return row, probs
+    probs += _same_inputs(row, cat, body, label, path)
+    params = {**thaw(cat.params), **{k: v for k, v in thaw(row.params).items() if k not in CatOptions.model_fields}}
+    params.setdefault("seed", seed)
+    params["cat"] = label
+    return replace(row, skills=tuple(cat.skills), data=tuple(cat.data), params=freeze(params)), probs
+
+
 # ----------------------------------------------------------------------------- CAT over random-like LoRAs
 
 def _cat_random_title(p: Mapping[str, Any]) -> str:
@@ -49,7 +144,7 @@ def _cat_random_title(p: Mapping[str, Any]) -> str:
 
 
 @register_method("cat_random", kind="learned", space="concat", options=CatRandomOptions, stage="cat_random", order=2,
-                 title=_cat_random_title, reference=f"{LIU_2026}; CAT: Prabhakar et al. 2024 (LoRA Soups), §3",
+                 title=_cat_random_title, link=link_cat_random_row, reference=f"{LIU_2026}; CAT: Prabhakar et al. 2024 (LoRA Soups), §3",
                  description="control: CAT with the same options and data over random-like LoRAs (same shapes, "
                              "scales and per-module norms as the skill LoRAs, Gaussian directions)")
 def cat_random(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, out: str | os.PathLike, *,
@@ -106,6 +201,7 @@ def cat_random(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, o
                         for i, (r, rr) in enumerate(zip(records, randoms))],
            "provenance": provenance()}
     cat_params = {k: v for k, v in o.model_dump().items() if k in CatOptions.model_fields and k != "seed"}
+    doc["cat_row"] = o.cat
     with atomic_dir(out, overwrite=overwrite) as tmp:
         inner = tmp / "cat"
         train_cat(base, randoms, data, inner, seed=seed, device=device, data_dir=data_dir, verbose=verbose,
@@ -118,58 +214,6 @@ def cat_random(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, o
 
 
 # ----------------------------------------------------------------------------- a fresh LoRA on CAT's data
-
-def link_cat_row(row: Any, *, body: Mapping[str, Any], rows: Mapping[str, Any], seed: int,
-                 path: str) -> tuple[Any, list[str]]:
-    """Fill a ``lora_cat_data`` row from the CAT row it names (``params.cat``, default ``cat``).
-
-    The row gets that CAT row's skills and data, its params lose the :data:`FROM_CAT` keys (the
-    experiment's ``train`` values for them do not apply) and gain ``cat_options`` (the CAT row's
-    params, with the experiment ``seed`` when it sets none) and ``seed`` (CAT's).
-
-    Args:
-        row: the control's :class:`~lorasoups.config.MethodConfig` (params already over ``train``).
-        body: the row as written in the config (to tell its own params from ``train``'s).
-        rows: every row by label.
-        seed: the experiment seed.
-        path: ``methods.<label>`` for the problems.
-
-    Returns:
-        (the filled row, problems): a :data:`FROM_CAT` key or ``cat_options`` set in the row itself,
-        no such CAT row, a CAT row that does not train, or other skills or data than CAT's.
-    """
-    from ..config_load import freeze, thaw
-    from ..registry import suggest
-
-    own = body.get("params") if isinstance(body.get("params"), Mapping) else {}
-    label = own.get("cat", "cat")
-    probs = [f"{path}.params.{k}: comes from the CAT row {label!r} (this control copies its data and steps); "
-             f"set it there" for k in FROM_CAT if k in own]
-    if "cat_options" in own:
-        probs.append(f"{path}.params.cat_options: filled in from the CAT row {label!r}; not set in a config")
-    if not isinstance(label, str):
-        return row, probs  # the spec reports the type
-    trained = [lb for lb, r in rows.items() if r.method == "cat" and not r.params.get("no_train")]
-    cat = rows.get(label)
-    if cat is None or cat.method != "cat":
-        probs.append(f"{path}.params.cat: {label!r} is not a CAT row of this config{suggest(label, trained)}; "
-                     f"rows of method cat that train: {', '.join(trained) or 'none'}")
-        return row, probs
-    if cat.params.get("no_train"):
-        probs.append(f"{path}.params.cat: the CAT row {label!r} does not train (no_train: true); "
-                     f"name one that does ({', '.join(trained) or 'none'})")
-        return row, probs
-    if "skills" in body and tuple(row.skills) != tuple(cat.skills):
-        probs.append(f"{path}.skills: {list(row.skills)} differ from the CAT row {label!r}'s {list(cat.skills)} "
-                     f"(leave skills out: the control uses CAT's)")
-    if "data" in body and tuple(row.data) != tuple(cat.data):
-        probs.append(f"{path}.data: differs from the CAT row {label!r}'s data (leave data out: the control uses CAT's)")
-    cat_opts = thaw(cat.params)
-    cat_opts.setdefault("seed", seed)
-    params = {k: v for k, v in thaw(row.params).items() if k not in FROM_CAT}
-    params.update(cat_options=cat_opts, seed=cat_opts["seed"])
-    return replace(row, skills=tuple(cat.skills), data=tuple(cat.data), params=freeze(params)), probs
-
 
 def _val_callback(val: list[dict], info: dict[str, Any], *, pad_token_id: int, batch_size: int, precision: str):
     """A TrainerCallback writing ``val_loss_before`` (the base model: a fresh LoRA's B is 0) and

@@ -198,7 +198,10 @@ class RandomLikeOptions(Spec):
 
 class CatRandomOptions(CatOptions, RandomLikeOptions):
     """CAT over random-like LoRAs of the skill LoRAs (same shapes, scales and norms): CAT's options
-    plus :class:`RandomLikeOptions`."""
+    plus :class:`RandomLikeOptions`. In an experiment config, ``cat`` names the CAT row whose options,
+    skills and data it copies (filled in by config validation); ``cat: null`` uses its own options."""
+
+    cat: str | None = opt("cat", "label of the CAT row whose options, skills and data it copies (none: its own)")
 
 
 class CatDataLoraOptions(TrainOptions):
