@@ -266,6 +266,23 @@ def _resolve_like(p: Problems, methods_raw: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _linked(p: Problems, methods: list[MethodConfig], methods_raw: Mapping[str, Any], registry: Mapping[str, Any],
+            seed: int) -> list[MethodConfig]:
+    """Rows whose method registers a ``link`` (:attr:`lorasoups.methods.MethodInfo.link`), filled in
+    from the other rows (e.g. the fresh-LoRA control from its CAT row); their problems added to ``p``."""
+    rows = {m.label: m for m in methods}
+    out = []
+    for m in methods:
+        info = registry.get(m.method)
+        if info is not None and info.link is not None:
+            body = methods_raw.get(m.label)
+            m, probs = info.link(m, body=dict(body) if isinstance(body, Mapping) else {}, rows=rows, seed=seed,
+                                 path=f"methods.{m.label}")
+            p.extend(probs)
+        out.append(m)
+    return out
+
+
 def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig], source: str | None,
            known: Known) -> list[TaskConfig]:
     ev = as_mapping(p, "eval", raw.get("eval"), none_ok=False)
@@ -381,6 +398,7 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
     methods_raw = _resolve_like(p, methods_raw)
     methods = [m for label, body in methods_raw.items()
                if (m := _method(p, str(label), body, skills, train_defaults, known, registry)) is not None]
+    methods = _linked(p, methods, methods_raw, registry, seed if isinstance(seed, int) else 0)
     tasks = _tasks(p, raw, skills, source, known)
     rep = as_mapping(p, "report", raw.get("report"))
     p.keys("report", rep, REPORT_KEYS)

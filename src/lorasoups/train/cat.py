@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..errors import ConfigError, DataError
 from ..methods import register_method
@@ -146,6 +146,52 @@ def plot_coefficients(table: dict[str, dict[str, dict[str, float]]], adapter_nam
     plt.close(fig)
 
 
+class CatExamples(NamedTuple):
+    """The examples CAT trains its coefficients on (:func:`cat_examples`)."""
+
+    train: list[dict]  # tokenised examples {"input_ids", "labels"} of the training part
+    val: list[dict]  # the held-out part (validation loss before / after)
+    stats: dict | None  # per-source counts and length cuts (None for tokenised input)
+    data: Any  # the loaded :class:`~lorasoups.train.data.TrainingData` (None for tokenised input)
+
+
+def cat_examples(data: Sequence[Any], tok: Any, o: CatOptions, *, data_dir: str | None = None,
+                 what: str = "CAT") -> CatExamples:
+    """Draw CAT's skill mix and split it: the one place that decides which examples CAT (and the
+    controls that copy its data, :mod:`lorasoups.train.controls`) train on.
+
+    ``data`` are data specs mixed by :func:`~lorasoups.train.data.load_training_data` with
+    ``o.cutoff_len``, ``o.max_samples``, ``o.fraction``, ``o.seed``, ``o.skip_long_prompts`` and
+    ``o.long_responses``, or already tokenised examples; the mix is split (seeded by ``o.seed``) into
+    a training part and a held-out ``o.val_fraction`` (:func:`~lorasoups.train.loop.split_examples`).
+
+    Raises:
+        DataError: the data cannot be loaded or gives no examples.
+    """
+    from .loop import is_examples, split_examples
+    from .mix import tag_skills
+
+    data_stats = td = None
+    if is_examples(data):
+        examples = list(data)
+    else:
+        from .data import load_training_data
+
+        td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples,
+                                fraction=o.fraction, seed=o.seed, data_dir=data_dir,
+                                skip_long_prompts=o.skip_long_prompts, long_responses=o.long_responses)
+        examples = td.examples
+        data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
+        for line in td.cut_report():
+            print(f"{what.lower()}: data: {line}", flush=True)
+    if not examples:
+        raise DataError(f"{what}: the data {data} gave no training examples")
+    # each example carries its skill index ("skill") for the mix objective (:mod:`lorasoups.train.mix`)
+    examples = tag_skills(examples, td.origin if td is not None else None)
+    train_ex, val_ex = split_examples(examples, o.val_fraction, o.seed)
+    return CatExamples(train_ex, val_ex, data_stats, td)
+
+
 def _load_records(adapters: Sequence[Any], allow_pickle: bool):
     from ..io.adapters import read_adapter
     from ..types import AdapterRecord
@@ -200,8 +246,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..paths import atomic_dir, check_not_input
     from ..provenance import provenance, sha256_dir
     from .fused import attach_cat, parse_init
-    from .loop import Dist, eval_loss, is_examples, resolve_precision, split_examples, steps_for
-    from .mix import apply_mix, loss_by_skill, tag_skills
+    from .loop import Dist, eval_loss, examples_digest, resolve_precision, steps_for
+    from .mix import apply_mix, loss_by_skill
 
     o = CatOptions.parse({**params, "seed": seed}, where="cat")
     t_start = time.time()
@@ -235,24 +281,12 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     train_ex: list[dict] = []
     val_ex: list[dict] = []
     data_stats = None
-    skill_names = origin = None  # the skill (data spec) of each example, for the mix
+    skill_names = None  # the skill (data spec) names, for the mix
     if data and not o.no_train:
-        if is_examples(data):
-            examples = data
-        else:
-            from .data import load_training_data
-
-            td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples,
-                                    fraction=o.fraction, seed=seed, data_dir=data_dir,
-                                    skip_long_prompts=o.skip_long_prompts, long_responses=o.long_responses)
-            examples = td.examples
-            skill_names, origin = [x.name for x in td.sources], td.origin
-            data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
-            for line in td.cut_report():
-                print(f"cat: data: {line}", flush=True)
-        if not examples:
-            raise DataError(f"CAT: the data {data} gave no training examples")
-        train_ex, val_ex = split_examples(tag_skills(examples, origin), o.val_fraction, seed)
+        ce = cat_examples(data, tok, o, data_dir=data_dir)
+        train_ex, val_ex, data_stats = ce.train, ce.val, ce.stats
+        if ce.data is not None:
+            skill_names = [x.name for x in ce.data.sources]
     train_ex, mix_doc = apply_mix(train_ex, val_ex, o.mix, skill_names) if train_ex else (train_ex, None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
@@ -321,6 +355,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "options": {**o.model_dump(), "epochs": o.epochs if o.max_steps is None else None, "device": device},
         "resolved": {"precision": prec, "precision_reason": prec_reason, "device": dev, "steps": n_steps,
                      "world_size": dist.world, "train_examples": len(train_ex),
+                     "train_examples_sha256": examples_digest(train_ex) if train_ex else None,
                      "val_examples": len(val_ex), "groups": len(handle.coefficients.groups),
                      "modules": len(handle.modules), "total_ranks": sorted({f.r for f in factors.values()})},
         "data_stats": data_stats,

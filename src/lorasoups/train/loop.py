@@ -146,6 +146,18 @@ def split_examples(examples: list[dict], val_fraction: float, seed: int) -> tupl
     return ex[k:], ex[:k]
 
 
+def examples_digest(examples: Sequence[dict]) -> str:
+    """Hex SHA-256 of a *multiset* of tokenised examples (``input_ids`` and ``labels`` of each; order
+    does not count), so two procedures can show they trained on the same examples (CAT and the
+    fresh-LoRA control of :mod:`lorasoups.train.controls` record it)."""
+    import hashlib
+    import json
+
+    each = sorted(hashlib.sha256(json.dumps([list(e["input_ids"]), list(e.get("labels") or [])],
+                                            separators=(",", ":")).encode()).hexdigest() for e in examples)
+    return hashlib.sha256("".join(each).encode()).hexdigest()
+
+
 def batches(examples: list[dict], batch_size: int, seed: int, group_by_length: bool = False) -> Iterator[list[dict]]:
     """Endless stream of lists of ``batch_size`` examples: seeded shuffle per epoch (epoch e uses
     seed + e); the last short batch of an epoch is kept.
