@@ -221,7 +221,8 @@ def test_cat_study_stacks_on_smoke_and_cpu(path):
     for base in ("smoke", "cpu"):
         plain, study = load_config(path, preset=base), load_config(path, preset=f"{base},cat_study")
         cat = plain.method("cat")
-        variants = [m for m in study.methods if m.label.startswith("cat_") and m.label not in ("cat_uniform", "cat_sum")]
+        variants = [m for m in study.methods if m.label.startswith("cat_")
+                    and m.label not in ("cat_uniform", "cat_sum", "cat_random")]  # the static and random controls
         assert {m.label for m in variants} == {"cat_layer", "cat_global", "cat_raw", "cat_balanced", "cat_lr_low",
                                                "cat_lr_high", "cat_init_random"}
         for m in variants:  # cat at this preset with one change
