@@ -71,8 +71,8 @@ def test_random_like_keeps_shapes_scales_config_and_delta_norms(adapters, i):
         assert fro(g.A) == pytest.approx(fro(f.A), rel=1e-5)
         assert not torch.allclose(g.A, f.A) and not torch.allclose(d1, d0)
         cos.append(abs(float((d0 * d1).sum())) / (fro(d0) * fro(d1)))
-    # Gaussian directions: nearly orthogonal to the trained ΔW (observed mean |cos| ≈ 0.05 at 64 × 64, r ≤ 4)
-    assert sum(cos) / len(cos) < 0.15 and max(cos) < 0.4, cos
+    # Gaussian directions: nearly orthogonal to the original ΔW (adapter 0 observed: mean |cos| 0.015, max 0.049)
+    assert sum(cos) / len(cos) < 0.1 and max(cos) < 0.3, cos
     rep = compare(rec, rnd)
     assert rep["max_rel_delta_norm_mismatch"] < 1e-5 and rep["modules"] == len(rec.modules)
     assert rep["abs_cosine_mean"] == pytest.approx(sum(cos) / len(cos), abs=1e-6)

@@ -144,7 +144,8 @@ def _cat_random_title(p: Mapping[str, Any]) -> str:
 
 
 @register_method("cat_random", kind="learned", space="concat", options=CatRandomOptions, stage="cat_random", order=2,
-                 title=_cat_random_title, link=link_cat_random_row, reference=f"{LIU_2026}; CAT: Prabhakar et al. 2024 (LoRA Soups), §3",
+                 title=_cat_random_title, link=link_cat_random_row,
+                 reference=f"{LIU_2026}; CAT: Prabhakar et al. 2024 (LoRA Soups), §3",
                  description="control: CAT with the same options and data over random-like LoRAs (same shapes, "
                              "scales and per-module norms as the skill LoRAs, Gaussian directions)")
 def cat_random(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, out: str | os.PathLike, *,
@@ -200,8 +201,8 @@ def cat_random(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, o
                          "seed": adapter_seed(rseed, i), "random_like": rr.name, **compare(r, rr)}
                         for i, (r, rr) in enumerate(zip(records, randoms))],
            "provenance": provenance()}
+    doc["cat_row"] = o.cat  # the CAT row it copies in an experiment (None: its own options)
     cat_params = {k: v for k, v in o.model_dump().items() if k in CatOptions.model_fields and k != "seed"}
-    doc["cat_row"] = o.cat
     with atomic_dir(out, overwrite=overwrite) as tmp:
         inner = tmp / "cat"
         train_cat(base, randoms, data, inner, seed=seed, device=device, data_dir=data_dir, verbose=verbose,
