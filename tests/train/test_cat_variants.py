@@ -30,11 +30,11 @@ def pair(tiny_dir, tmp_path_factory):
     return [a, b]
 
 
-def skill_examples(seed=0):
-    """Skill 0: 10 long answers; skill 1: 3 short ones (very different token totals)."""
+def skill_examples(seed=0, n0=10, n1=3):
+    """Skill 0: n0 long answers; skill 1: n1 short ones (very different token totals)."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for k, (n, lo, hi) in enumerate([(10, 12, 20), (3, 4, 7)]):
+    for k, (n, lo, hi) in enumerate([(n0, 12, 20), (n1, 4, 7)]):
         for _ in range(n):
             L = int(torch.randint(lo, hi + 1, (1,), generator=g))
             ids = torch.randint(0, 256, (L,), generator=g).tolist()
@@ -102,13 +102,13 @@ def test_balanced_full_batch_gradient_is_the_mean_of_skill_means(tiny_dir, pair,
     assert (gp - g).abs().max() > 10 * (g - ref).abs().max() + 1e-6
 
 
-def test_balanced_micro_batches_are_weighted_token_means(tiny_dir, pair):
+def test_balanced_micro_batches_are_weighted_sums(tiny_dir, pair):
     """grad_accum 2 over batches of 4 (length-grouped): the step's loss is the mean over its
-    micro-batches of Σ w·CE / Σ w·n with w = T / (K T_k)."""
+    micro-batches of Σ_e w_e·CE_e / 4 with w = N / (K T_k) on every token of skill k."""
     ex = skill_examples(1)
     train, rec = apply_mix(ex, [], "balanced")
     T = {s["name"]: s["train_tokens"] for s in rec["skills"]}
-    w = {k: sum(T.values()) / (2 * T[str(k)]) for k in (0, 1)}
+    w = {k: len(ex) / (2 * T[str(k)]) for k in (0, 1)}
     assert all(e["loss_weight"] == pytest.approx(w[e["skill"]]) for e in train)
     g = kit_gradient(tiny_dir, pair, train, batch_size=4, grad_accum=2, group_by_length=True, seed=5)
     stream = batches(train, 4, 5, True)
@@ -117,13 +117,47 @@ def test_balanced_micro_batches_are_weighted_token_means(tiny_dir, pair):
     def loss(model):
         tot = 0
         for mb in micro:
-            s, n = hf_token_sums(model, mb)
-            wt = torch.tensor([w[e["skill"]] for e in mb])
-            tot = tot + (wt * s).sum() / (wt * n).sum()
+            s, _ = hf_token_sums(model, mb)
+            tot = tot + (torch.tensor([w[e["skill"]] for e in mb]) * s).sum() / 4
         return tot / 2
 
     ref = reference_gradient(tiny_dir, pair, loss)
     assert torch.allclose(g, ref, rtol=1e-4, atol=1e-7), (g - ref).abs().max()
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_balanced_epoch_of_micro_batches_is_the_mean_of_skill_means(tiny_dir, pair, group_by_length):
+    """One step accumulating a whole epoch of batches of 4 (12 examples, 3 micro-batches; length
+    grouping puts the long and the short skill in different batches) has the gradient of the mean of
+    the skill means: the weights do not cancel within a one-skill batch."""
+    ex = skill_examples(2, n0=9, n1=3)
+    train, _ = apply_mix(ex, [], "balanced")
+    g = kit_gradient(tiny_dir, pair, train, batch_size=4, grad_accum=3, group_by_length=group_by_length, seed=1)
+    ref = reference_gradient(tiny_dir, pair,
+                             lambda m: sum(hf_token_mean(m, [e for e in ex if e["skill"] == k]) for k in (0, 1)) / 2)
+    assert torch.allclose(g, ref, rtol=1e-4, atol=1e-7), (g - ref).abs().max()
+    if group_by_length:  # the case a per-batch token mean gets wrong: some batch holds one skill only
+        stream = batches(train, 4, 1, True)
+        assert any(len({e["skill"] for e in next(stream)}) == 1 for _ in range(3))
+
+
+def test_objective_shares_follow_the_batches():
+    from lorasoups.train.mix import objective_shares
+
+    ex = skill_examples(2, n0=9, n1=3)
+    kw = dict(batch_size=4, world=1, grad_accum=1, steps=3, seed=1)
+    bal, _ = apply_mix(ex, [], "balanced")
+    pooled, rec = apply_mix(ex, [], "pooled")
+    assert objective_shares(bal, None, group_by_length=True, **kw) == pytest.approx({"0": 0.5, "1": 0.5})
+    # pooled, one full batch: the token shares; batches of 4: each batch's token mean weighs 1/3
+    assert objective_shares(pooled, None, **{**kw, "batch_size": 12, "steps": 1}, group_by_length=False) == \
+        pytest.approx({s["name"]: s["token_share"] for s in rec["skills"]}, abs=1e-5)
+    stream = batches(pooled, 4, 1, True)
+    mbs = [next(stream) for _ in range(3)]
+    tok = [[sum(len(e["labels"]) - 3 for e in mb if e["skill"] == k) for k in (0, 1)] for mb in mbs]
+    want = {str(k): sum(t[k] / sum(t) for t in tok) / 3 for k in (0, 1)}
+    assert objective_shares(pooled, None, group_by_length=True, **kw) == pytest.approx(want, abs=1e-5)
+    assert objective_shares([{"input_ids": [1, 2]}], None, group_by_length=True, **kw) == {}
 
 
 def test_mix_errors():

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..config import ExperimentConfig, thaw
 from ..errors import LorasoupsError
 from ..paths import atomic_write_text, find_data_dir
-from .cache import FileHasher, hash_obj, is_done, read_marker, remove_path, write_marker
+from .cache import FileHasher, copy_finished, hash_obj, is_done, read_marker, remove_path, write_marker
 from .memory import PeakRSS, maxrss_mib, release_memory, rss_mib
 from .executors import (composite_data, composite_params, default_executors, skill_train_options,
                         split_eval_output)
@@ -181,39 +181,9 @@ class Runner:
             return self._run()
 
     def seed(self, src: Path) -> list[str]:
-        """Copy from run folder ``src`` every output this plan shares with it (a build or training
-        step's folder, an evaluation task's folder) together with its marker, where ``src`` has
-        both and this run folder has neither; also the file-hash memo when this folder has none.
-        Nothing is trusted beyond what the markers' keys prove: a copied step whose key no longer
-        matches is re-done here as usual. Returns the copied step ids (``eval/<label>/<task>``)."""
-        done: list[str] = []
-
-        def copy(rel_out: Path, rel_marker: str, sid: str) -> None:
-            s_out, s_mk = src / rel_out, src / "steps" / rel_marker
-            d_out, d_mk = self.run_dir / rel_out, self.run_dir / "steps" / rel_marker
-            if not (s_out.exists() and s_mk.is_file()) or d_mk.exists() or d_out.exists():
-                return
-            if read_marker(s_mk) is None:
-                return
-            d_out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = d_out.with_name(f".{d_out.name}.seed-tmp")
-            remove_path(tmp)
-            (shutil.copytree if s_out.is_dir() else shutil.copy2)(s_out, tmp)
-            tmp.rename(d_out)
-            d_mk.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(s_mk, d_mk)
-            done.append(sid)
-
-        for st in self.steps:
-            if st.stage == "eval":
-                for t in self.cfg.tasks:
-                    copy(st.out.relative_to(self.run_dir) / t.label, f"{st.id}/{t.label}.json", f"{st.id}/{t.label}")
-            else:
-                copy(st.out.relative_to(self.run_dir), f"{st.id}.json", st.id)
-        memo = self.run_dir / "steps" / "file_hashes.json"
-        if not memo.exists() and (src / "steps" / "file_hashes.json").is_file():
-            shutil.copy2(src / "steps" / "file_hashes.json", memo)
-        return done
+        """Copy into this run folder the outputs this plan shares with run folder ``src``
+        (:func:`.cache.copy_finished`). Returns the copied ids (``eval/<label>/<task>`` for tasks)."""
+        return copy_finished(src, self.run_dir, self.steps, [t.label for t in self.cfg.tasks])
 
     def _run(self) -> dict[str, Any]:
         self._by_id = {s.id: s for s in self.steps}

@@ -247,7 +247,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..provenance import provenance, sha256_dir
     from .fused import attach_cat, parse_init
     from .loop import Dist, eval_loss, examples_digest, resolve_precision, steps_for
-    from .mix import apply_mix, loss_by_skill
+    from .mix import apply_mix, loss_by_skill, objective_shares
 
     o = CatOptions.parse({**params, "seed": seed}, where="cat")
     t_start = time.time()
@@ -297,6 +297,10 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               f"--max-samples, or give more data)", flush=True)
     n_steps = 0 if o.no_train else steps_for(len(train_ex), batch_size=o.batch_size, grad_accum=o.grad_accum,
                                              epochs=o.epochs, max_steps=o.max_steps, world=dist.world)
+    if mix_doc:  # the share each skill has in this run's steps, as they are batched
+        mix_doc["objective_share"] = objective_shares(
+            train_ex, skill_names, batch_size=o.batch_size, world=dist.world, grad_accum=o.grad_accum, steps=n_steps,
+            seed=seed, group_by_length=o.group_by_length)
     val_before = val_after = None
     vkw = dict(pad_token_id=pad, batch_size=o.batch_size, precision=prec, device=dev, dist=dist)
     by_skill: dict[str, dict[str, float]] = {}

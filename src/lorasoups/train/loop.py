@@ -282,9 +282,13 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
     docstring); the micro-batch loss is Σ CE / (scored tokens of the global micro-batch), plus
     ``aux_weight · aux_loss()`` when given (MoE load balancing, read after the forward).
     Weighted examples (every example carries ``"loss_weight"`` w_e > 0, a weight of each of its scored
-    tokens; CAT's ``mix=balanced``): the micro-batch loss is Σ_e w_e Σ_t CE / Σ_e w_e n_e over the
-    global micro-batch (n_e = scored tokens of example e), a weighted token mean; with equal weights
-    it is the plain one. A
+    tokens; CAT's ``mix=balanced``): the micro-batch loss is Σ_e w_e Σ_t CE_{e,t} / (batch_size · N)
+    over the global micro-batch of nominal size batch_size · N (N processes). The normaliser does not
+    depend on which examples share the batch, so over an epoch (every example once) the step losses
+    average to (1/n_train) Σ_e w_e Σ_t CE_{e,t} whatever the batching, ``grad_accum`` or
+    ``group_by_length`` (a short last batch of an epoch weighs less); a per-batch token mean would
+    instead cancel the weights in a batch that holds one kind of example. The weights carry any
+    per-token normalisation. A
     micro-batch without any scored token is skipped; a step with none does not step the optimiser.
     The learning rate follows ``transformers.get_scheduler(lr_scheduler, warmup_steps, max_steps)``
     (``linear`` with no warm-up: lr · (T - t) / T at step t, never 0 on the last step).
@@ -346,10 +350,9 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
                 if n_glob == 0:
                     continue  # nothing to predict in this micro-batch (all prompt tokens)
                 norm, w_rows = n_glob, None
-                if weighted:  # Σ_e w_e n_e over the global micro-batch
-                    w_rows = torch.tensor([float(e["loss_weight"]) for e in mine] if mine else [], dtype=torch.float64)
-                    w_loc = float((w_rows * (b["labels"][:, 1:] != -100).sum(1).cpu().double()).sum()) if mine else 0.0
-                    norm = float(dist.sum(torch.tensor(w_loc, dtype=torch.float64, device=device))) if world > 1 else w_loc
+                if weighted:  # a weighted sum over the nominal global micro-batch
+                    w_rows = torch.tensor([float(e["loss_weight"]) for e in mine] if mine else [])
+                    norm = batch_size * world
                 s = torch.zeros((), device=device)
                 aux = None
                 if n_loc:

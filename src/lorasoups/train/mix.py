@@ -6,11 +6,17 @@ CodeAlpaca). ``balanced``: the mean over the K skills of each skill's token mean
 
     L = (1/K) Σ_k (1/T_k) Σ_{t ∈ skill k} CE_t,
 
-T_k being skill k's scored tokens in the training part of the mix. It is written as a weighted
-token mean with weight w_k = T / (K · T_k) on every token of skill k (T = Σ_k T_k, so the weights
-average 1 over the tokens): the training kit's micro-batch loss Σ w CE / Σ w (global micro-batch,
-:func:`lorasoups.train.loop.fit`) equals L on a batch holding the whole training part, and is the
-same ratio estimate of it on smaller batches as the pooled loss is of the pooled token mean.
+T_k being skill k's scored tokens in the training part of the mix (N examples). Every token of
+skill k carries the weight w_k = N / (K · T_k), and the training kit's micro-batch loss is the
+weighted sum Σ_e w_e Σ_t CE_{e,t} / B over the nominal global micro-batch of B examples
+(:func:`lorasoups.train.loop.fit`): on a batch holding the whole training part (B = N) it is L
+exactly, and over an epoch (each example once) the step losses average to L whatever the batching,
+``grad_accum``, ``group_by_length`` or number of processes (up to the lighter short last batch).
+
+The pooled loss is a token mean per micro-batch, so its skill weights follow the batches: with
+``group_by_length`` (the default) a batch mostly holds one skill's examples, each batch weighs the
+same, and a skill's share of the objective is closer to its share of the *examples* than of the
+tokens. :func:`objective_shares` measures the share each skill actually has in a run's steps.
 
 A *skill* is one data spec of CAT's ``data`` (the experiment runner passes one spec per skill), or,
 for already tokenised examples, the value of their ``"skill"`` key.
@@ -86,7 +92,7 @@ def apply_mix(train: Sequence[dict], val: Sequence[dict], mix: str,
     total = sum(tokens.values())
     live = [k for k in keys if tokens[k] > 0]  # skills with scored tokens in the training part
     if mix == "balanced":
-        weight = {k: total / (len(live) * tokens[k]) for k in live}
+        weight = {k: len(train) / (len(live) * tokens[k]) for k in live}
         share = {k: (1.0 / len(live) if k in weight else 0.0) for k in keys}
         out = [{**ex, "loss_weight": weight.get(ex["skill"], 1.0)} for ex in train]
     else:
@@ -95,6 +101,34 @@ def apply_mix(train: Sequence[dict], val: Sequence[dict], mix: str,
     rec = {"mix": mix, "skills": [{"name": label(k), "train_examples": n_train[k], "train_tokens": tokens[k],
                                    "val_examples": n_val[k], "token_share": round(share[k], 6)} for k in keys]}
     return out, rec
+
+
+def objective_shares(train: Sequence[dict], names: Sequence[str] | None, *, batch_size: int, world: int,
+                     grad_accum: int, steps: int, seed: int, group_by_length: bool) -> dict[str, float]:
+    """Each skill's share of the objective summed over a run's ``steps`` optimiser steps, as the
+    training kit batches them (:func:`lorasoups.train.loop.batches`, the same seeded stream): a
+    micro-batch gives skill k its scored tokens' part of the micro-batch loss (pooled: T_k,mb / T_mb;
+    weighted examples: Σ_{e ∈ k} w_e n_e / (batch_size · world)). Shares sum to 1; {} when the
+    examples carry no skill or there are no steps."""
+    from .loop import batches
+
+    if not train or not steps or not all("skill" in ex for ex in train):
+        return {}
+    weighted = "loss_weight" in train[0]
+    stream = batches(list(train), batch_size * world, seed, group_by_length)
+    acc: dict[Any, float] = {}
+    for _ in range(steps * grad_accum):
+        mb = next(stream)
+        n = [scored_tokens(ex) for ex in mb]
+        tot = sum(n)
+        if not tot:
+            continue  # the kit skips a micro-batch with nothing to predict
+        for ex, ne in zip(mb, n):
+            part = ex["loss_weight"] * ne / (batch_size * world) if weighted else ne / tot
+            acc[ex["skill"]] = acc.get(ex["skill"], 0.0) + part
+    z = sum(acc.values())
+    keys = skill_names(train, names)
+    return {(names[k] if names is not None else str(k)): round(acc.get(k, 0.0) / z, 6) for k in keys} if z else {}
 
 
 def loss_by_skill(eval_loss, model, val: Sequence[dict], names: Sequence[str] | None = None,
