@@ -53,6 +53,7 @@ from .config_checks import (BUILTIN_METHODS, Known, Problems, as_mapping, as_str
                             method_problems, task_file, train_problems)
 from .config_load import (apply_overrides, deep_merge, freeze, load_raw, parse_override, parse_yaml,  # noqa: F401
                           resolve_preset, thaw)
+from .config_rows import LIKE_KEYS, disabled_tasks, linked_rows, resolve_like  # noqa: F401
 from .errors import ConfigError
 from .registry import suggest
 
@@ -155,7 +156,6 @@ TOP_KEYS = {"name", "description", "base", "seed", "data_dir", "allow_code_execu
             "skills", "methods", "eval", "report", "presets", "include", "notes", "substitutes"}
 SKILL_KEYS = {"data", "train", "description"}
 METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled", "like"}
-LIKE_KEYS = ("method", "skills", "skill", "data", "params")  # what `like: <label>` copies from that row
 EVAL_KEYS = {"options", "tasks"}
 TASK_KEYS = {"task", "role", "skill", "enabled", "options"}
 REPORT_KEYS = {"columns", "title", "compare_to", "forest_columns"}
@@ -238,51 +238,6 @@ def _method(p: Problems, label: str, body: Any, skills: Mapping[str, SkillConfig
     return MethodConfig(label, mname, info.kind, tuple(sks), freeze(params), tuple(data), desc or info.description)
 
 
-def _resolve_like(p: Problems, methods_raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Method bodies with ``like: <label>`` replaced by that row's :data:`LIKE_KEYS` (its
-    ``method`` defaulting to its label) with the body's own keys merged over them (chains allowed)."""
-    out: dict[str, Any] = {}
-
-    def resolve(label: str, chain: tuple[str, ...]) -> Any:
-        body = methods_raw[label]
-        if not isinstance(body, Mapping) or "like" not in body:
-            return body
-        ref = body["like"]
-        path = f"methods.{label}.like"
-        if not isinstance(ref, str) or ref not in methods_raw:
-            p.add(path, f"{ref!r} is not a method label of this config{suggest(str(ref), list(methods_raw))}")
-            return {k: v for k, v in body.items() if k != "like"}
-        if ref in chain:
-            p.add(path, f"cycle: {' -> '.join((*chain, ref))}")
-            return {k: v for k, v in body.items() if k != "like"}
-        base = resolve(ref, (*chain, ref))
-        base = base if isinstance(base, Mapping) else {}
-        start = {k: base[k] for k in LIKE_KEYS if k in base}
-        start.setdefault("method", ref)
-        return deep_merge(start, {k: v for k, v in body.items() if k != "like"})
-
-    for label in methods_raw:
-        out[label] = resolve(str(label), (str(label),))
-    return out
-
-
-def _linked(p: Problems, methods: list[MethodConfig], methods_raw: Mapping[str, Any], registry: Mapping[str, Any],
-            seed: int) -> list[MethodConfig]:
-    """Rows whose method registers a ``link`` (:attr:`lorasoups.methods.MethodInfo.link`), filled in
-    from the other rows (e.g. the fresh-LoRA control from its CAT row); their problems added to ``p``."""
-    rows = {m.label: m for m in methods}
-    out = []
-    for m in methods:
-        info = registry.get(m.method)
-        if info is not None and info.link is not None:
-            body = methods_raw.get(m.label)
-            m, probs = info.link(m, body=dict(body) if isinstance(body, Mapping) else {}, rows=rows, seed=seed,
-                                 path=f"methods.{m.label}")
-            p.extend(probs)
-        out.append(m)
-    return out
-
-
 def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig], source: str | None,
            known: Known) -> list[TaskConfig]:
     ev = as_mapping(p, "eval", raw.get("eval"), none_ok=False)
@@ -311,13 +266,6 @@ def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig
         p.extend(layered(eval_problems, ev_opts, opts, path, "eval.options"))
         tasks.append(TaskConfig(str(label), str(tname), str(role), sk, freeze(deep_merge(ev_opts, opts))))
     return tasks
-
-
-def _disabled_tasks(raw: Mapping[str, Any]) -> set[str]:
-    """Labels of the tasks declared with ``enabled: false``."""
-    ev = raw.get("eval") if isinstance(raw.get("eval"), Mapping) else {}
-    tasks = ev.get("tasks") if isinstance(ev.get("tasks"), Mapping) else {}
-    return {str(k) for k, v in tasks.items() if isinstance(v, Mapping) and v.get("enabled", True) is False}
 
 
 def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known,
@@ -395,14 +343,14 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
     if not methods_raw:
         p.add("methods", "at least one method is required")
     registry = dict(load_methods().items())
-    methods_raw = _resolve_like(p, methods_raw)
+    methods_raw = resolve_like(p, methods_raw)
     methods = [m for label, body in methods_raw.items()
                if (m := _method(p, str(label), body, skills, train_defaults, known, registry)) is not None]
-    methods = _linked(p, methods, methods_raw, registry, seed if isinstance(seed, int) else 0)
+    methods = linked_rows(p, methods, methods_raw, registry, seed if isinstance(seed, int) else 0)
     tasks = _tasks(p, raw, skills, source, known)
     rep = as_mapping(p, "report", raw.get("report"))
     p.keys("report", rep, REPORT_KEYS)
-    cols = _columns(p, rep, tasks, known, _disabled_tasks(raw))
+    cols = _columns(p, rep, tasks, known, disabled_tasks(raw))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         p.add("methods", "duplicate labels")
