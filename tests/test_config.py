@@ -181,3 +181,57 @@ def test_old_training_names_are_refused_naming_the_new_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "train.lr: renamed to 'learning_rate'" in err and "train.steps: renamed to 'max_steps'" in err
+
+
+def test_stacked_presets_apply_left_to_right(tmp_path):
+    text = GOOD + "  study: {seed: 9, methods: {cat_layer: {like: cat, params: {granularity: layer}}}}\n"
+    p = _write(tmp_path, text)
+    cfg = load_config(p, preset="cpu,study")
+    assert cfg.preset == "cpu,study" and cfg.seed == 9  # study after cpu (which set seed 3)
+    assert cfg.skills["math"].train["max_steps"] == 2  # cpu extends smoke
+    # cpu disabled cat; the like row still starts from cat's params
+    assert "cat" not in [m.label for m in cfg.methods]
+    lay = cfg.method("cat_layer")
+    assert lay.method == "cat" and dict(lay.params) == {"learning_rate": 0.05, "granularity": "layer"}
+    assert load_config(p, preset="study,cpu").seed == 3
+    # overrides reach like rows through the row they copy
+    assert load_config(p, preset="study", overrides=["methods.cat.params.learning_rate=0.2"]) \
+        .method("cat_layer").params["learning_rate"] == 0.2
+    with pytest.raises(ConfigError, match="unknown preset 'cpx'.*did you mean 'cpu'"):
+        load_config(p, preset="cpx,study")
+    with pytest.raises(ConfigError, match="an empty name"):
+        load_config(p, preset="cpu,")
+
+
+def test_disabled_task_takes_its_columns(tmp_path):
+    text = GOOD.replace("    gsm_hard: {role: target}", "    gsm_hard: {role: target}\n    mbpp: {role: skill, skill: code}") + \
+        "report:\n  columns:\n    - {task: gsm_hard, metric: nll_gold}\n    - {task: mbpp, metric: nll_gold}\n"
+    p = _write(tmp_path, text)
+    assert [c.task for c in load_config(p).columns] == ["gsm_hard", "mbpp"]
+    cfg = load_config(p, overrides=["eval.tasks.mbpp.enabled=false"])
+    assert [c.task for c in cfg.columns] == ["gsm_hard"] and [t.label for t in cfg.tasks] == ["gsm_hard"]
+    with pytest.raises(ConfigError, match="'mbp' is not an evaluation task"):  # a typo is still an error
+        load_config(p, overrides=["report.columns=[{task: mbp, metric: nll_gold}]"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_cat_study_stacks_on_smoke_and_cpu(path):
+    from lorasoups.cli.run_cmd import default_out
+
+    for base in ("smoke", "cpu"):
+        plain, study = load_config(path, preset=base), load_config(path, preset=f"{base},cat_study")
+        cat = plain.method("cat")
+        variants = [m for m in study.methods if m.label.startswith("cat_")
+                    and m.label not in ("cat_uniform", "cat_sum", "cat_random")]  # the static and random controls
+        assert {m.label for m in variants} == {"cat_layer", "cat_global", "cat_raw", "cat_balanced", "cat_lr_low",
+                                               "cat_lr_high", "cat_init_random"}
+        for m in variants:  # cat at this preset with one change
+            changed = {k for k in set(m.params) | set(cat.params) if m.params.get(k) != cat.params.get(k)}
+            assert m.method == "cat" and len(changed) == 1, (m.label, changed)
+        # the rows of the first run are unchanged (so --from re-uses them); only target tasks remain
+        for m in plain.methods:
+            assert study.method(m.label) == m
+        assert {t.label for t in study.tasks} == {t.label for t in plain.tasks if t.role == "target"}
+        assert all(study_t.options == next(t for t in plain.tasks if t.label == study_t.label).options
+                   for study_t in study.tasks)
+        assert default_out(study.name, study.preset).name == f"{study.name}_{base}_cat_study"

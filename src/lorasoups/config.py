@@ -15,6 +15,7 @@ section "Experiments")::
       math: {method: skill, skill: math}   # or `skill:math: {}`
       ties: {params: {density: 0.5}}
       cat_static: {method: cat, params: {no_train: true, init: uniform}}
+      cat_layer: {like: cat, params: {granularity: layer}}   # cat's method, skills, data and params, then these
     eval:
       options: {batch_size: 8}     # defaults for every task
       tasks:                       # label -> {task, role, skill, <evaluate options>}
@@ -26,9 +27,12 @@ section "Experiments")::
       cpu: {extends: smoke, ...}
 
 Resolution order: the file (after its ``include`` files, which it overrides) -> the preset (and
-the presets it ``extends``) -> command-line ``key.path=value`` overrides (values parsed as YAML).
-In mappings that are merged, a value ``~`` (null) *sets* None; to drop a method or task from a
-preset, give it ``enabled: false``.
+the presets it ``extends``; several presets ``a,b`` apply left to right) -> command-line
+``key.path=value`` overrides (values parsed as YAML). In mappings that are merged, a value ``~``
+(null) *sets* None; to drop a method or task from a preset, give it ``enabled: false`` (a disabled
+task's report columns are dropped with it). A method row ``like: <label>`` starts from that row's
+``method``, ``skills``, ``skill``, ``data`` and ``params`` (resolved after the preset and the
+overrides) and merges its own keys over them.
 
 Validation happens once, before any work, and reports every problem together in one
 :class:`~lorasoups.errors.ConfigError`: unknown keys (with "did you mean"), unknown methods, tasks,
@@ -49,6 +53,7 @@ from .config_checks import (BUILTIN_METHODS, Known, Problems, as_mapping, as_str
                             method_problems, task_file, train_problems)
 from .config_load import (apply_overrides, deep_merge, freeze, load_raw, parse_override, parse_yaml,  # noqa: F401
                           resolve_preset, thaw)
+from .config_rows import LIKE_KEYS, disabled_tasks, linked_rows, resolve_like  # noqa: F401
 from .errors import ConfigError
 from .registry import suggest
 
@@ -150,7 +155,7 @@ class ExperimentConfig:
 TOP_KEYS = {"name", "description", "base", "seed", "data_dir", "allow_code_execution", "train",
             "skills", "methods", "eval", "report", "presets", "include", "notes", "substitutes"}
 SKILL_KEYS = {"data", "train", "description"}
-METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled"}
+METHOD_KEYS = {"method", "params", "skills", "skill", "data", "description", "enabled", "like"}
 EVAL_KEYS = {"options", "tasks"}
 TASK_KEYS = {"task", "role", "skill", "enabled", "options"}
 REPORT_KEYS = {"columns", "title", "compare_to", "forest_columns"}
@@ -263,7 +268,8 @@ def _tasks(p: Problems, raw: Mapping[str, Any], skills: Mapping[str, SkillConfig
     return tasks
 
 
-def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known) -> list[ColumnConfig]:
+def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known: Known,
+             disabled: set[str] = frozenset()) -> list[ColumnConfig]:
     from .eval.registry import metric_better
 
     cols: list[ColumnConfig] = []
@@ -277,6 +283,8 @@ def _columns(p: Problems, rep: Mapping[str, Any], tasks: list[TaskConfig], known
         c = as_mapping(p, path, c)
         p.keys(path, c, COLUMN_KEYS)
         t, m = c.get("task"), c.get("metric")
+        if t in disabled:
+            continue  # the task is switched off (enabled: false): its columns go with it
         if t not in task_labels:
             p.add(f"{path}.task", f"{t!r} is not an evaluation task of this config{suggest(str(t), list(task_labels))}")
             continue
@@ -335,12 +343,14 @@ def build_config(raw: Mapping[str, Any], *, preset: str | None = None, source: s
     if not methods_raw:
         p.add("methods", "at least one method is required")
     registry = dict(load_methods().items())
+    methods_raw = resolve_like(p, methods_raw)
     methods = [m for label, body in methods_raw.items()
                if (m := _method(p, str(label), body, skills, train_defaults, known, registry)) is not None]
+    methods = linked_rows(p, methods, methods_raw, registry, seed if isinstance(seed, int) else 0)
     tasks = _tasks(p, raw, skills, source, known)
     rep = as_mapping(p, "report", raw.get("report"))
     p.keys("report", rep, REPORT_KEYS)
-    cols = _columns(p, rep, tasks, known)
+    cols = _columns(p, rep, tasks, known, disabled_tasks(raw))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         p.add("methods", "duplicate labels")

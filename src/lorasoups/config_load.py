@@ -92,8 +92,18 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(merged, data)
 
 
+def preset_list(preset: str | None) -> list[str]:
+    """The preset names of a ``--preset`` value: one name or several, comma-separated (``cpu,cat_study``)."""
+    if preset is None:
+        return []
+    return [x.strip() for x in str(preset).split(",")]
+
+
 def resolve_preset(raw: Mapping[str, Any], preset: str | None, where: str = "config") -> dict[str, Any]:
     """Apply preset ``preset`` (following ``extends``) to ``raw``; drop the ``presets`` table.
+
+    ``preset`` may name several presets, comma-separated (``cpu,cat_study``): each (with its
+    ``extends`` chain) is merged over the result of the ones before it, left to right.
 
     Raises:
         ConfigError: unknown preset (with suggestions), a preset that is not a mapping, an
@@ -105,6 +115,16 @@ def resolve_preset(raw: Mapping[str, Any], preset: str | None, where: str = "con
         raise ConfigError(f"{where}: 'presets' must be a mapping of name -> overrides")
     if preset is None:
         return raw
+    names = preset_list(preset)
+    if any(not n for n in names):
+        raise ConfigError(f"{where}: preset {preset!r}: an empty name (give NAME or NAME,NAME,...)")
+    out = raw
+    for one in names:
+        out = _apply_one_preset(out, presets, one, where)
+    return out
+
+
+def _apply_one_preset(raw: dict[str, Any], presets: Mapping[str, Any], preset: str, where: str) -> dict[str, Any]:
     chain: list[str] = []
     name: str | None = preset
     while name is not None:

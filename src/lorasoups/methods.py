@@ -50,6 +50,10 @@ class MethodInfo:
     uses_adapters: bool = True  # False: trains from data alone (DATA-MIX) and does not wait for the skill LoRAs
     refers_to_inputs: bool = False  # its output points at the input adapters' files (MoE): key on their bytes
     resumable: bool = False  # accepts ``resume=True`` to continue an interrupted run from checkpoints
+    # Config validation calls link(row, body=, rows=, seed=, path=) -> (row, problems) once every row is
+    # read: a procedure that copies another row's settings (lora_cat_data: CAT's data and steps) fills
+    # them into its own row here, so the two cannot drift and its content key follows them.
+    link: Callable[..., tuple[Any, list[str]]] | None = None
 
     def step_title(self, params: dict) -> str:
         """The progress verb of a build step with ``params`` (``merge``, ``train CAT coefficients``, ...)."""
@@ -72,7 +76,8 @@ def signature_params(fn: Callable[..., Any]) -> dict[str, Any]:
 def register_method(name: str, *, kind: str, space: str, reference: str = "", description: str = "",
                     params: dict[str, Any] | None = None, default_weights: str = "ones", options: Any = None,
                     stage: str | None = None, order: int | None = None, title: str | Callable[[dict], str] = "",
-                    uses_adapters: bool = True, refers_to_inputs: bool = False, resumable: bool = False):
+                    uses_adapters: bool = True, refers_to_inputs: bool = False, resumable: bool = False,
+                    link: Callable[..., tuple[Any, list[str]]] | None = None):
     """Decorator registering ``fn`` as method ``name``; parameters come from ``options`` (a
     :class:`lorasoups.spec.Spec`) or else its keyword-only args.
 
@@ -81,6 +86,7 @@ def register_method(name: str, *, kind: str, space: str, reference: str = "", de
     overwrite, **params) -> Path`` with ``params`` validated by ``options``. ``stage`` (default: the
     name; ``merge`` for closed-form merges), ``order`` (default 0 for merges, 5 otherwise), ``title``,
     ``uses_adapters``, ``refers_to_inputs`` and ``resumable`` tell the runner how to plan, key and show it.
+    ``link`` (see :attr:`MethodInfo.link`) lets config validation fill a row from the other rows.
 
     ``default_weights`` (``ones`` or ``mean``) sets the weights a closed-form merge uses when the
     caller gives none (see :attr:`MethodInfo.default_weights`).
@@ -102,7 +108,7 @@ def register_method(name: str, *, kind: str, space: str, reference: str = "", de
         st = stage or ("merge" if kind == "merge" else name)
         od = order if order is not None else (0 if kind == "merge" else 5)
         METHODS.register(name, MethodInfo(name, kind, space, fn, ps, reference, doc, default_weights, options,
-                                          st, od, title, uses_adapters, refers_to_inputs, resumable))
+                                          st, od, title, uses_adapters, refers_to_inputs, resumable, link))
         return fn
 
     return deco
@@ -115,6 +121,7 @@ _METHOD_MODULES = [
     "lorasoups.search.lorahub",
     "lorasoups.moe",
     "lorasoups.train.sft",
+    "lorasoups.train.controls",
 ]
 
 

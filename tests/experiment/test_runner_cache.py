@@ -307,3 +307,66 @@ def test_peak_rss_sampler_sees_an_allocation():
         del a
     assert m.peak_mib >= before + 50
     assert release_memory() in (True, False)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_from_seeds_a_study_run_with_the_finished_outputs(tmp_path, tiny_dir):
+    """A study in a new folder (--from the finished run): only its new rows train and evaluate, the
+    source folder is only read, a disabled task takes its columns with it, `like:` rows inherit."""
+    fakes = Fakes(tiny_dir)
+    src = tmp_path / "run"
+    _run(_cfg(tmp_path), src, fakes)
+    before = _tree(src)
+    study = _cfg(tmp_path, methods={
+        "base": {}, "a": {"method": "skill", "skill": "a"}, "b": {"method": "skill", "skill": "b"},
+        "linear": {"params": {"weights": [0.5, 0.5]}}, "ties": {"params": {"density": 0.5}},
+        "cat": {"params": {"max_steps": 2}},
+        "cat_layer": {"like": "cat", "params": {"granularity": "layer"}},
+        "cat_balanced": {"like": "cat_layer", "params": {"granularity": "module", "mix": "balanced"}},
+    }, eval={"options": {"limit": 4}, "tasks": {"t_target": {"role": "target"},
+                                                 "t_skill": {"role": "skill", "skill": "a", "enabled": False}}})
+    assert study.method("cat_layer").method == "cat"
+    assert dict(study.method("cat_layer").params) == {"max_steps": 2, "granularity": "layer"}
+    assert dict(study.method("cat_balanced").params) == {"max_steps": 2, "granularity": "module", "mix": "balanced"}
+    assert [c.task for c in study.columns] == ["t_target", "t_target"]  # t_skill's column went with the task
+    fakes.calls.clear()
+    r, doc = _run(study, tmp_path / "study", fakes, seed_from=src)
+    assert sorted(r.executed) == ["build/cat_balanced", "build/cat_layer", "eval/cat_balanced", "eval/cat_layer"]
+    assert [c for c in fakes.calls if c.startswith("evaluate:")] == ["evaluate:cat_layer:t_target",
+                                                                     "evaluate:cat_balanced:t_target"]
+    assert set(doc["results"]) == {m.label for m in study.methods}
+    assert all(set(cells) == {"t_target"} for cells in doc["results"].values())
+    # the finished rows' evaluations are the source run's, copied
+    first = json.loads((src / "results.json").read_text())["results"]
+    assert all(doc["results"][m]["t_target"] == first[m]["t_target"] for m in first)
+    assert _tree(src) == before  # the source run was only read
+    # seeding again changes nothing; a second study run does no work
+    r2, _ = _run(study, tmp_path / "study", fakes, seed_from=src)
+    assert r2.executed == []
+    with pytest.raises(LorasoupsError, match="not a run folder"):
+        Runner(study, tmp_path / "x", seed_from=tmp_path)
+    with pytest.raises(LorasoupsError, match="the run folder itself"):
+        Runner(study, src, seed_from=src)
+
+
+def test_like_rows_report_bad_references(tmp_path):
+    with pytest.raises(LorasoupsError) as e:
+        _cfg(tmp_path, methods={"cat": {}, "x": {"like": "kat"}, "y": {"like": "z"}, "z": {"like": "y"}})
+    msg = str(e.value)
+    assert "methods.x.like: 'kat' is not a method label" in msg and "'cat'" in msg
+    assert "methods.y.like: cycle" in msg
+
+
+def test_paired_differences_vs_the_best_merge(tmp_path, tiny_dir):
+    rep = {"columns": [{"task": "t_target", "metric": "nll", "better": "lower"}]}
+    run = tmp_path / "run"
+    _, doc = _run(_cfg(tmp_path, report=rep), run, Fakes(tiny_dir))
+    rows = [p for p in doc["analysis"]["paired"] if p["vs"] == "best_merge"]
+    nll = {m: doc["results"][m]["t_target"]["metrics"]["nll"]["value"] for m in ("linear", "ties")}
+    best = min(nll, key=nll.get)  # the closed-form merges of this config; lower is better
+    assert rows and {p["ref"] for p in rows} == {best}
+    assert {p["method"] for p in rows} == {"base", "a", "b", "linear", "ties", "cat"} - {best}
+    assert "**vs the best closed-form merge of each column" in (run / "results.md").read_text()

@@ -1,5 +1,5 @@
 """CAT under ``accelerate launch --num_processes 2`` (CPU, gloo): the same global batch gives the same
-coefficients as one process, and one output folder is written."""
+coefficients as one process, and one output folder is written; with the pooled and the balanced mix."""
 
 import json
 import os
@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+
+import pytest
 
 from lorasoups.testing import make_peft_adapter
 
@@ -25,9 +27,10 @@ def _records(path, n=24):
     return path
 
 
-def _cat(cmd_prefix, tiny_dir, adapters, data, out, batch_size, env):
+def _cat(cmd_prefix, tiny_dir, adapters, data, out, batch_size, env, extra=()):
+    data = data if isinstance(data, list) else [data]
     cmd = [*cmd_prefix, "-m", "lorasoups.cli.main", "cat", "--base", str(tiny_dir), "--adapters", *map(str, adapters),
-           "--data", str(data), "--out", str(out), "--fraction", "1", "--val-fraction", "0", "--max-steps", "3",
+           "--data", *map(str, data), *extra, "--out", str(out), "--fraction", "1", "--val-fraction", "0", "--max-steps", "3",
            "--batch-size", str(batch_size), "--grad-accum", "2", "--learning-rate", "0.3", "--precision", "fp32",
            "--device", "cpu", "--init", "random", "--seed", "4", "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -47,19 +50,24 @@ def _logits(out):
     return {g: v["logits_final"] for g, v in doc["groups"].items()}
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, tiny_dir):
+@pytest.mark.parametrize("mix", ["pooled", "balanced"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, tiny_dir, mix):
     a = make_peft_adapter(tiny_dir, tmp_path / "a", r=4, seed=1, std=0.1)
     b = make_peft_adapter(tiny_dir, tmp_path / "b", r=2, seed=2, std=0.1, target_modules=("q_proj", "down_proj"))
     data = _records(tmp_path / "colours.json")
+    extra = ()
+    if mix == "balanced":  # two skills of very different sizes; the weights normalise over the global batch
+        data = [data, _records(tmp_path / "few.json", 6)]
+        extra = ("--mix", "balanced")
     # --multi_gpu on a machine without GPUs: torchrun-style launch of 2 CPU processes with gloo
     # (accelerate's --cpu with several processes needs mpirun)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LORASOUPS_HOME": os.environ["LORASOUPS_HOME"]}
     one = tmp_path / "one"
-    _cat([sys.executable], tiny_dir, [a, b], data, one, 4, env)
+    _cat([sys.executable], tiny_dir, [a, b], data, one, 4, env, extra)
     two = tmp_path / "two"
     stdout = _cat([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port())], tiny_dir, [a, b], data, two, 2, env)
+                   "--main_process_port", str(_free_port())], tiny_dir, [a, b], data, two, 2, env, extra)
     assert stdout.count("wrote ") == 1  # one process writes
     assert json.loads((two / "cat_options.json").read_text())["resolved"]["world_size"] == 2
     l1, l2 = _logits(one), _logits(two)

@@ -1,4 +1,4 @@
-"""``lorasoups run CONFIG.yaml [--preset NAME] [key=value ...] [--out DIR]``: run an experiment."""
+"""``lorasoups run CONFIG.yaml [--preset NAME[,NAME...]] [key=value ...] [--out DIR] [--from RUN_DIR]``: run an experiment."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="experiment config (YAML), e.g. configs/math_code.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, dotted paths, values read as YAML (e.g. train.max_steps=20 seed=1)")
-    p.add_argument("--preset", default=None, help="preset declared in the config (smoke, cpu, paper, ...)")
+    p.add_argument("--preset", default=None,
+                   help="preset declared in the config (smoke, cpu, paper, ...); several apply left to right: cpu,cat_study")
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>_<preset>)")
+    p.add_argument("--from", dest="seed_from", default=None, metavar="RUN_DIR",
+                   help="start from another run folder: copy its finished outputs that this run shares (skill "
+                        "LoRAs, methods, evaluations, with their cache markers) before running; it is only read")
     p.add_argument("--data-dir", default=None, help="data folder (default: config data_dir, $LORASOUPS_DATA, ../shared/data)")
     p.add_argument("--force", action="store_true", help="re-do every step even if cached")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -30,8 +34,8 @@ def add_parser(sub) -> None:
 
 
 def default_out(name: str, preset: str | None) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-    return Path("runs") / (f"{safe}_{preset}" if preset else safe)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}_{preset}" if preset else name)
+    return Path("runs") / safe
 
 
 def superlinearity_summary(doc: dict) -> str:
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         from ..paths import check_writable
 
         check_writable(out, what="run folder")
-    runner = Runner(cfg, out, data_dir=args.data_dir, force=args.force, device=args.device)
+    runner = Runner(cfg, out, data_dir=args.data_dir, force=args.force, device=args.device,
+                    seed_from=args.seed_from)
     doc = runner.run()
     print()
     print(markdown_table(doc))

@@ -174,3 +174,46 @@ def remove_path(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
         os.unlink(p)
+
+
+def copy_finished(src: Path, dst: Path, steps: list, task_labels: list[str]) -> list[str]:
+    """Seed run folder ``dst`` from run folder ``src`` (``lorasoups run --from``): for every step of
+    ``steps`` (:class:`.plan.Step`, outputs under ``dst``) copy its output folder and marker from
+    the same relative paths under ``src`` (evaluation steps: each task folder of ``task_labels``
+    and its marker) where ``src`` holds both and ``dst`` holds neither; also the file-hash memo when
+    ``dst`` has none. ``src`` is only read. Nothing is trusted beyond what the markers' keys prove:
+    the runner re-does a copied step whose key no longer matches.
+
+    Returns:
+        the copied ids (``<step id>`` or ``eval/<label>/<task>``).
+    """
+    import shutil
+
+    done: list[str] = []
+
+    def copy(rel_out: Path, rel_marker: str, sid: str) -> None:
+        s_out, s_mk = src / rel_out, src / "steps" / rel_marker
+        d_out, d_mk = dst / rel_out, dst / "steps" / rel_marker
+        if not (s_out.exists() and s_mk.is_file()) or d_mk.exists() or d_out.exists() or read_marker(s_mk) is None:
+            return
+        d_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = d_out.with_name(f".{d_out.name}.seed-tmp")
+        remove_path(tmp)
+        (shutil.copytree if s_out.is_dir() else shutil.copy2)(s_out, tmp)
+        tmp.rename(d_out)
+        d_mk.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(s_mk, d_mk)
+        done.append(sid)
+
+    for st in steps:
+        rel = st.out.relative_to(dst)
+        if st.stage == "eval":
+            for t in task_labels:
+                copy(rel / t, f"{st.id}/{t}.json", f"{st.id}/{t}")
+        else:
+            copy(rel, f"{st.id}.json", st.id)
+    memo = dst / "steps" / "file_hashes.json"
+    if not memo.exists() and (src / "steps" / "file_hashes.json").is_file():
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / "steps" / "file_hashes.json", memo)
+    return done

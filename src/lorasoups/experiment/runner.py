@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..config import ExperimentConfig, thaw
 from ..errors import LorasoupsError
 from ..paths import atomic_write_text, find_data_dir
-from .cache import FileHasher, hash_obj, is_done, read_marker, remove_path, write_marker
+from .cache import FileHasher, copy_finished, hash_obj, is_done, read_marker, remove_path, write_marker
 from .memory import PeakRSS, maxrss_mib, release_memory, rss_mib
 from .executors import (composite_data, composite_params, default_executors, skill_train_options,
                         split_eval_output)
@@ -62,11 +62,16 @@ class Runner:
         force: re-do every step even when its marker matches.
         device: ``--device`` for every training and evaluation step (None: each function's
             default, auto); not part of any step's hash.
+        seed_from: another run folder (``--from``): before running, copy into ``run_dir`` every
+            finished output of that run that this plan also has (same step id or evaluation task,
+            with its marker) and that ``run_dir`` does not hold yet (:meth:`seed`); the usual keys then
+            decide what is re-used. The other folder is only read.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, data_dir: str | Path | None = None,
                  executors: dict[str, Callable[..., dict[str, Any]]] | None = None,
-                 log: Callable[[str], None] | None = None, force: bool = False, device: str | None = None):
+                 log: Callable[[str], None] | None = None, force: bool = False, device: str | None = None,
+                 seed_from: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         self.data_dir_arg = data_dir if data_dir is not None else cfg.data_dir
@@ -74,6 +79,12 @@ class Runner:
         self.log = log or (lambda s: print(s, flush=True))
         self.force = force
         self.device = device
+        self.seed_from = Path(seed_from).resolve() if seed_from is not None else None
+        if self.seed_from is not None:
+            if self.seed_from == self.run_dir:
+                raise LorasoupsError(f"--from {seed_from}: that is the run folder itself")
+            if not (self.seed_from / "steps").is_dir():
+                raise LorasoupsError(f"--from {seed_from}: not a run folder (no steps/ inside)")
         self.steps = build_plan(cfg, self.run_dir)
         self.executed: list[str] = []  # ids of steps that did work in this run (tests read it)
 
@@ -169,8 +180,18 @@ class Runner:
         with _run_lock(self.run_dir):
             return self._run()
 
+    def seed(self, src: Path) -> list[str]:
+        """Copy into this run folder the outputs this plan shares with run folder ``src``
+        (:func:`.cache.copy_finished`). Returns the copied ids (``eval/<label>/<task>`` for tasks)."""
+        return copy_finished(src, self.run_dir, self.steps, [t.label for t in self.cfg.tasks])
+
     def _run(self) -> dict[str, Any]:
         self._by_id = {s.id: s for s in self.steps}
+        if self.seed_from is not None:
+            copied = self.seed(self.seed_from)
+            self.log(f"seeded from {self.seed_from}: {len(copied)} finished outputs copied "
+                     f"(their keys are checked as usual)")
+            self._steplog({"event": "seeded", "from": str(self.seed_from), "copied": copied})
         atomic_write_text(self.run_dir / "config.resolved.json", json.dumps(self.cfg.to_dict(), indent=1, default=str))
         t_start = time.time()
         ctx = self._context()

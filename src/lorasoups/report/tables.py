@@ -153,7 +153,8 @@ def analysis_markdown(doc: dict[str, Any]) -> str:
         parts.append("Mean per-item difference on the same items (method − reference) ± standard error; "
                      "\\* = |z| ≥ 1.96; ↑/↓ = better/worse than the reference in the column's direction.\n")
         extra = list(dict.fromkeys(r["vs"] for r in pr if r["vs"].startswith("method:")))
-        for vs, title in [("base", "vs the base model"), ("best_single", "vs the best single-skill LoRA of each column")] + \
+        for vs, title in [("base", "vs the base model"), ("best_single", "vs the best single-skill LoRA of each column"),
+                          ("best_merge", "vs the best closed-form merge of each column (chosen on these items)")] + \
                 [(v, f"vs {v.split(':', 1)[1]} (report.compare_to)") for v in extra]:
             rows = [r for r in pr if r["vs"] == vs]
             if not rows:
@@ -164,7 +165,7 @@ def analysis_markdown(doc: dict[str, Any]) -> str:
                 arrow = {"better": "↑", "worse": "↓"}.get(r["direction"], "")
                 cell[(r["method"], r["column"])] = (f"{r['diff']:+.4f} ± {r['stderr']:.4f}{' *' if r['significant'] else ''} {arrow}").strip()
             refs = {r["column"]: r["ref"] for r in rows}
-            parts.append(f"**{title}**" + (" (" + "; ".join(f"{c}: {v}" for c, v in refs.items()) + ")" if vs == "best_single" else "") + "\n")
+            parts.append(f"**{title}**" + (" (" + "; ".join(f"{c}: {v}" for c, v in refs.items()) + ")" if vs in ("best_single", "best_merge") else "") + "\n")
             parts += _matrix(methods, cols, cell, "method")
             parts.append("")
     return "\n".join(parts)

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..errors import ConfigError, DataError
 from ..methods import register_method
@@ -28,12 +28,25 @@ SMALL_MIX = 32  # fewer training examples than this in the CAT mix: warn (noisy 
 
 def coefficient_stats(handle) -> dict[str, dict[str, float]]:
     """Per adapter: mean / min / max of the normalised coefficients over the groups where it is
-    present, and the mean |c - c_initial|."""
+    present (with ``missing="exclude"``: over the modules where it is present, as each module uses
+    them), and the mean |c - c_initial|."""
     import torch
 
     from .fused import normalize_coefficients
 
     co = handle.coefficients
+    if getattr(handle, "missing", "share") == "exclude":
+        table = handle.coefficient_table()
+        out = {}
+        for name in handle.adapter_names:
+            vals = [row[name] for row in table.values() if name in row]
+            if vals:
+                fin = torch.tensor([v["final"] for v in vals])
+                ini = torch.tensor([v["initial"] for v in vals])
+                out[name] = {"mean": round(float(fin.mean()), 6), "min": round(float(fin.min()), 6),
+                             "max": round(float(fin.max()), 6),
+                             "mean_abs_change": round(float((fin - ini).abs().mean()), 6)}
+        return out
     with torch.no_grad():
         c = co().detach().float().cpu()  # (G, n)
         c0 = normalize_coefficients(handle.initial, co.mask.cpu(), co.normalize)  # (G, n)
@@ -133,6 +146,52 @@ def plot_coefficients(table: dict[str, dict[str, dict[str, float]]], adapter_nam
     plt.close(fig)
 
 
+class CatExamples(NamedTuple):
+    """The examples CAT trains its coefficients on (:func:`cat_examples`)."""
+
+    train: list[dict]  # tokenised examples {"input_ids", "labels"} of the training part
+    val: list[dict]  # the held-out part (validation loss before / after)
+    stats: dict | None  # per-source counts and length cuts (None for tokenised input)
+    data: Any  # the loaded :class:`~lorasoups.train.data.TrainingData` (None for tokenised input)
+
+
+def cat_examples(data: Sequence[Any], tok: Any, o: CatOptions, *, data_dir: str | None = None,
+                 what: str = "CAT") -> CatExamples:
+    """Draw CAT's skill mix and split it: the one place that decides which examples CAT (and the
+    controls that copy its data, :mod:`lorasoups.train.controls`) train on.
+
+    ``data`` are data specs mixed by :func:`~lorasoups.train.data.load_training_data` with
+    ``o.cutoff_len``, ``o.max_samples``, ``o.fraction``, ``o.seed``, ``o.skip_long_prompts`` and
+    ``o.long_responses``, or already tokenised examples; the mix is split (seeded by ``o.seed``) into
+    a training part and a held-out ``o.val_fraction`` (:func:`~lorasoups.train.loop.split_examples`).
+
+    Raises:
+        DataError: the data cannot be loaded or gives no examples.
+    """
+    from .loop import is_examples, split_examples
+    from .mix import tag_skills
+
+    data_stats = td = None
+    if is_examples(data):
+        examples = list(data)
+    else:
+        from .data import load_training_data
+
+        td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples,
+                                fraction=o.fraction, seed=o.seed, data_dir=data_dir,
+                                skip_long_prompts=o.skip_long_prompts, long_responses=o.long_responses)
+        examples = td.examples
+        data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
+        for line in td.cut_report():
+            print(f"{what.lower()}: data: {line}", flush=True)
+    if not examples:
+        raise DataError(f"{what}: the data {data} gave no training examples")
+    # each example carries its skill index ("skill") for the mix objective (:mod:`lorasoups.train.mix`)
+    examples = tag_skills(examples, td.origin if td is not None else None)
+    train_ex, val_ex = split_examples(examples, o.val_fraction, o.seed)
+    return CatExamples(train_ex, val_ex, data_stats, td)
+
+
 def _load_records(adapters: Sequence[Any], allow_pickle: bool):
     from ..io.adapters import read_adapter
     from ..types import AdapterRecord
@@ -162,14 +221,17 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         out: output folder (written atomically; refused if it is or contains an input).
         seed: seeds data sampling, batch order and a random init.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (under ``accelerate launch``: each process's device).
-        **params: :class:`~lorasoups.train.options.CatOptions` (granularity, normalize, init,
-            learning_rate, max_steps, epochs, batch_size, grad_accum, lr_scheduler, fraction, ...),
+        **params: :class:`~lorasoups.train.options.CatOptions` (granularity, normalize, init, mix
+            (:mod:`lorasoups.train.mix`), missing (:mod:`lorasoups.train.fused`), learning_rate,
+            max_steps, epochs, batch_size, grad_accum, lr_scheduler, fraction, ...),
             validated once here. ``group_by_length`` changes which examples share a batch, not the
             data or the loss.
 
     Returns:
         ``out``: a PEFT LoRA folder (coefficients folded into B, scaling 1) with
-        ``cat_coefficients.json``, ``cat_log.jsonl``, ``coefficients.png`` and ``cat_options.json``.
+        ``cat_coefficients.json``, ``cat_log.jsonl``, ``coefficients.png`` and ``cat_options.json``
+        (with ``mix``: per skill its training / held-out examples, scored tokens and weight share,
+        and ``val_loss_by_skill``).
 
     Raises:
         ConfigError: bad option values (all named), fewer than 2 adapters, no data without ``no_train``.
@@ -184,7 +246,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     from ..paths import atomic_dir, check_not_input
     from ..provenance import provenance, sha256_dir
     from .fused import attach_cat, parse_init
-    from .loop import Dist, eval_loss, is_examples, resolve_precision, split_examples, steps_for
+    from .loop import Dist, eval_loss, examples_digest, resolve_precision, steps_for
+    from .mix import apply_mix, loss_by_skill, objective_shares
 
     o = CatOptions.parse({**params, "seed": seed}, where="cat")
     t_start = time.time()
@@ -211,28 +274,20 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
 
     # every tensor must find its module of this model (known key variants mapped), or refuse
     records = [align_to_model(r, model) for r in records]
-    handle = attach_cat(model, records, granularity=o.granularity, normalize=o.normalize, init=o.init, seed=seed)
+    handle = attach_cat(model, records, granularity=o.granularity, normalize=o.normalize, init=o.init, seed=seed,
+                        missing=o.missing)
 
     # Data: the skill mix, split into train and a held-out validation part.
     train_ex: list[dict] = []
     val_ex: list[dict] = []
     data_stats = None
+    skill_names = None  # the skill (data spec) names, for the mix
     if data and not o.no_train:
-        if is_examples(data):
-            examples = data
-        else:
-            from .data import load_training_data
-
-            td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples,
-                                    fraction=o.fraction, seed=seed, data_dir=data_dir,
-                                    skip_long_prompts=o.skip_long_prompts, long_responses=o.long_responses)
-            examples = td.examples
-            data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
-            for line in td.cut_report():
-                print(f"cat: data: {line}", flush=True)
-        if not examples:
-            raise DataError(f"CAT: the data {data} gave no training examples")
-        train_ex, val_ex = split_examples(examples, o.val_fraction, seed)
+        ce = cat_examples(data, tok, o, data_dir=data_dir)
+        train_ex, val_ex, data_stats = ce.train, ce.val, ce.stats
+        if ce.data is not None:
+            skill_names = [x.name for x in ce.data.sources]
+    train_ex, mix_doc = apply_mix(train_ex, val_ex, o.mix, skill_names) if train_ex else (train_ex, None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     say = (lambda s: print(s, flush=True)) if verbose and dist.is_main else (lambda s: None)
@@ -242,11 +297,18 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
               f"--max-samples, or give more data)", flush=True)
     n_steps = 0 if o.no_train else steps_for(len(train_ex), batch_size=o.batch_size, grad_accum=o.grad_accum,
                                              epochs=o.epochs, max_steps=o.max_steps, world=dist.world)
+    if mix_doc:  # the share each skill has in this run's steps, as they are batched
+        mix_doc["objective_share"] = objective_shares(
+            train_ex, skill_names, batch_size=o.batch_size, world=dist.world, grad_accum=o.grad_accum, steps=n_steps,
+            seed=seed, group_by_length=o.group_by_length)
     val_before = val_after = None
     vkw = dict(pad_token_id=pad, batch_size=o.batch_size, precision=prec, device=dev, dist=dist)
+    by_skill: dict[str, dict[str, float]] = {}
     if val_ex:
         val_before = eval_loss(model, val_ex, **vkw)
         say(f"cat: validation loss before {val_before:.4f} ({len(val_ex)} held-out examples)")
+        for k, v in loss_by_skill(eval_loss, model, val_ex, skill_names, **vkw).items():
+            by_skill[k] = {"before": v}
     t_train = time.time()
     if not o.no_train:
         def cb(rec: dict) -> None:
@@ -266,6 +328,8 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
     if val_ex and not o.no_train:
         val_after = eval_loss(model, val_ex, **vkw)
         say(f"cat: validation loss after {val_after:.4f}")
+        for k, v in loss_by_skill(eval_loss, model, val_ex, skill_names, **vkw).items():
+            by_skill.setdefault(k, {})["after"] = v
 
 
     table = handle.coefficient_table()
@@ -275,6 +339,7 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "method": "cat",
         "granularity": o.granularity,
         "normalize": o.normalize,
+        "missing": o.missing,
         "init": handle.init if isinstance(handle.init, str) else list(handle.init),
         "adapters": [{"name": nm, "path": str(getattr(r, "source", None) or nm), "num_modules": len(r.modules)}
                      for nm, r in zip(names, records)],
@@ -294,11 +359,14 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         "options": {**o.model_dump(), "epochs": o.epochs if o.max_steps is None else None, "device": device},
         "resolved": {"precision": prec, "precision_reason": prec_reason, "device": dev, "steps": n_steps,
                      "world_size": dist.world, "train_examples": len(train_ex),
+                     "train_examples_sha256": examples_digest(train_ex) if train_ex else None,
                      "val_examples": len(val_ex), "groups": len(handle.coefficients.groups),
                      "modules": len(handle.modules), "total_ranks": sorted({f.r for f in factors.values()})},
         "data_stats": data_stats,
+        "mix": mix_doc,
         "val_loss_before": val_before,
         "val_loss_after": val_after,
+        "val_loss_by_skill": by_skill or None,
         "train_seconds": round(train_s, 2),
         "seconds_per_step": round(train_s / n_steps, 3) if n_steps else None,
         "total_seconds": None,
@@ -312,7 +380,9 @@ def train_cat(base: str, adapters: Sequence[Any], data: Sequence[Any] | None, ou
         save_adapter_files(tmp, factors, base_model=resolve_base(base))
         (tmp / "cat_coefficients.json").write_text(json.dumps(coef_doc, indent=2) + "\n", encoding="utf-8")
         (tmp / "cat_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log), encoding="utf-8")
-        title = f"CAT ({o.granularity}, {o.normalize}, init {o.init}{', no-train' if o.no_train else f', {n_steps} steps, lr {o.learning_rate:g}'})"
+        extra = (", balanced mix" if o.mix == "balanced" and not o.no_train else "") + \
+            (", absent adapters excluded" if o.missing == "exclude" else "")
+        title = f"CAT ({o.granularity}, {o.normalize}, init {o.init}{extra}{', no-train' if o.no_train else f', {n_steps} steps, lr {o.learning_rate:g}'})"
         plot_coefficients(table, names, tmp / "coefficients.png", title)
         options["total_seconds"] = round(time.time() - t_start, 2)
         (tmp / "cat_options.json").write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")

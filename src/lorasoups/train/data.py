@@ -235,6 +235,7 @@ class TrainingData:
     examples: list[dict[str, list[int]]]
     sources: list[SourceStats]
     files: list[Path]
+    origin: list[int] = field(default_factory=list)  # per example: index of its spec in ``sources``
 
     def cut_report(self) -> list[str]:
         """Lines naming, per source, the records skipped or cut for length (empty when none)."""
@@ -328,9 +329,9 @@ def load_training_data(specs: Iterable[str | DataSpec], tokenizer: Any, *, cutof
         per_source = [take_with_repeat(x, c, _rng(seed, "mix", i)) for i, (x, c) in enumerate(zip(per_source, counts))]
         for st, x in zip(stats, per_source):
             st.in_mix = len(x)
-    examples = [ex for x in per_source for ex in x]
-    _rng(seed, "shuffle").shuffle(examples)
-    return TrainingData(examples, stats, files)
+    flat = [(ex, i) for i, x in enumerate(per_source) for ex in x]
+    _rng(seed, "shuffle").shuffle(flat)  # the same permutation as shuffling the examples alone
+    return TrainingData([ex for ex, _ in flat], stats, files, [i for _, i in flat])
 
 
 def load_training_examples(specs: list[str | DataSpec], tokenizer: Any, *, cutoff_len: int = 512,

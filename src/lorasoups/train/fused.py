@@ -20,6 +20,13 @@ coefficient groups (one per module, per decoder layer or one in all, see ``granu
 adapters. ``normalize="softmax"`` maps a group's logits to weights summing to 1 over the adapters
 present in that group (the reference code's choice); ``normalize="none"`` uses the logits as raw
 coefficients (the paper's formula).
+
+Adapters with different target modules or layers (``missing``): with ``missing="share"`` (the
+default, the reference code's behaviour) the softmax of a module runs over all n adapters, so an
+adapter that lacks the module still holds a share there and the present adapters are scaled down
+(a free "turn down" knob); with ``missing="exclude"`` it runs only over the adapters that have the
+module, so their coefficients sum to 1 in every module. Raw coefficients (``none``) have no
+normalisation to share: both values give the same result there.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from ..wrap import LinearWrapper, layer_index, replace_module
 
 GRANULARITIES = ("module", "layer", "global")
 NORMALIZATIONS = ("softmax", "none")
+MISSING = ("share", "exclude")
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -117,19 +125,35 @@ def initial_logits(mask: torch.Tensor, normalize: str, init: str | list[float], 
     return vals.expand(G, n).clone()
 
 
-def normalize_coefficients(logits: torch.Tensor, mask: torch.Tensor, normalize: str) -> torch.Tensor:
+def normalize_coefficients(logits: torch.Tensor, mask: torch.Tensor, normalize: str,
+                           missing: str = "share") -> torch.Tensor:
     """Coefficients c (G, n) from logits (G, n) and a presence mask (G, n) bool.
 
     softmax: c_{g,i} = exp(l_{g,i}) / Σ_j exp(l_{g,j}) over all n adapters (LoRA Soups reference
-    code); none: c = l (paper §3 formula). An adapter absent from a group has ΔW = 0 there, exactly
-    as in concatenation merging (so uniform init equals ``concat`` with weights 1/n everywhere);
-    its entry is reported as 0. Differentiable in ``logits``.
+    code; ``missing="share"``) or over the adapters present in the row (``missing="exclude"``);
+    none: c = l (paper §3 formula). An adapter absent from a group has ΔW = 0 there, exactly
+    as in concatenation merging (so uniform init with ``share`` equals ``concat`` with weights 1/n
+    everywhere); its entry is reported as 0. Differentiable in ``logits``.
+
+    Raises:
+        ConfigError: unknown ``normalize`` or ``missing``.
     """
+    if missing not in MISSING:
+        raise ConfigError(f"unknown missing {missing!r}; use one of {', '.join(MISSING)}")
     if normalize == "softmax":
+        if missing == "exclude":
+            return masked_softmax(logits, mask).masked_fill(~mask, 0.0)
         return torch.softmax(logits, dim=-1).masked_fill(~mask, 0.0)
     if normalize == "none":
         return logits.masked_fill(~mask, 0.0)
     raise ConfigError(f"unknown normalize {normalize!r}; use one of {', '.join(NORMALIZATIONS)}")
+
+
+def masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of ``logits`` restricted to ``present`` (same shape, bool):
+    absent entries get exactly 0 and the present ones sum to 1 (a row with none present: uniform,
+    never NaN). Differentiable in ``logits``."""
+    return torch.softmax(logits.masked_fill(~present, torch.finfo(logits.dtype).min), dim=-1)
 
 
 def stack_factors(factors: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,10 +188,11 @@ class CatCoefficients(nn.Module):
         groups: group keys in row order.
         adapter_names: n display names.
         normalize: ``softmax`` or ``none``.
+        missing: ``share`` or ``exclude`` (see the module docstring).
     """
 
     def __init__(self, logits: torch.Tensor, mask: torch.Tensor, groups: list[str], adapter_names: list[str],
-                 normalize: str):
+                 normalize: str, missing: str = "share"):
         super().__init__()
         if logits.shape != mask.shape or logits.shape != (len(groups), len(adapter_names)):
             raise ValueError(f"logits {tuple(logits.shape)} / mask {tuple(mask.shape)} do not match "
@@ -177,16 +202,28 @@ class CatCoefficients(nn.Module):
         self.groups = list(groups)
         self.adapter_names = list(adapter_names)
         self.normalize = normalize
+        if missing not in MISSING:
+            raise ConfigError(f"unknown missing {missing!r}; use one of {', '.join(MISSING)}")
+        self.missing = missing
 
     def forward(self) -> torch.Tensor:
-        """Normalised coefficients (G, n) (see :func:`normalize_coefficients`)."""
-        return normalize_coefficients(self.logits, self.mask, self.normalize)
+        """Normalised coefficients (G, n) (see :func:`normalize_coefficients`; with ``exclude`` the
+        softmax of a row runs over the adapters present somewhere in the group; a module lacking
+        one of them renormalises over its own, see :meth:`row`)."""
+        return normalize_coefficients(self.logits, self.mask, self.normalize, self.missing)
 
-    def row(self, g: int) -> torch.Tensor:
-        """Normalised coefficients of group ``g``, shape (n,) (absent adapters not zeroed: their
-        ΔW is zero in every module of the group anyway)."""
+    def row(self, g: int, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised coefficients of group ``g`` as one module of the group uses them, shape (n,).
+
+        ``present`` (n,) bool: the adapters that have the module. With ``missing="exclude"`` under
+        softmax the softmax runs over those only; otherwise over all n (absent adapters are not
+        zeroed: their ΔW is zero in the module anyway)."""
         lg = self.logits[g]
-        return torch.softmax(lg, dim=-1) if self.normalize == "softmax" else lg
+        if self.normalize != "softmax":
+            return lg
+        if self.missing == "exclude" and present is not None:
+            return masked_softmax(lg, present)
+        return torch.softmax(lg, dim=-1)
 
 
 class FusedConcatLinear(LinearWrapper):
@@ -223,6 +260,9 @@ class FusedConcatLinear(LinearWrapper):
         scatter = torch.zeros(len(rank_adapter), n)
         scatter[torch.arange(len(rank_adapter)), rank_adapter] = s
         self.register_buffer("rank_scatter", scatter.to(base.weight.device))
+        present = torch.zeros(n, dtype=torch.bool)
+        present[ids] = True
+        self.register_buffer("present", present.to(base.weight.device))  # (n,) adapters that have this module
         self.adapters = list(adapter_ids)
         self.ranks = [f.r for f in factors]
         self.group = int(group)
@@ -235,7 +275,7 @@ class FusedConcatLinear(LinearWrapper):
     def scale_vector(self) -> torch.Tensor:
         """v (R,) fp32: v_k = c_{g, adapter(k)} · s_k, as one matrix-vector product of the (R, n)
         scatter matrix with the group's coefficients; differentiable in the coefficient logits."""
-        return torch.mv(self.rank_scatter, self.coefficients.row(self.group))
+        return torch.mv(self.rank_scatter, self.coefficients.row(self.group, self.present))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -257,7 +297,7 @@ class FusedConcatLinear(LinearWrapper):
         built by :func:`lorasoups.merge.concat.concat_factors` with weights c_{m,i}."""
         from ..merge.concat import concat_factors
 
-        c = self.coefficients.row(self.group).detach().float().cpu()  # (n,)
+        c = self.coefficients.row(self.group, self.present).detach().float().cpu()  # (n,)
         return concat_factors(self.factors(), [float(c[i]) for i in self.adapters])
 
 
@@ -269,7 +309,7 @@ class CatHandle:
         coefficients: the shared :class:`CatCoefficients` (also set as ``model.cat_coefficients``).
         modules: module path -> wrapper, in model order.
         originals: module path -> the original ``nn.Linear``.
-        adapter_names: n names; granularity, normalize, init: the options used.
+        adapter_names: n names; granularity, normalize, init, missing: the options used.
         initial: a copy of the initial logits (G, n).
     """
 
@@ -281,30 +321,38 @@ class CatHandle:
     normalize: str
     init: str | list[float]
     initial: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    missing: str = "share"
 
     def export_factors(self) -> dict[str, LoraFactors]:
         """module path -> folded rank-Σr factors (scale 1), as written to the PEFT folder."""
         return {m: w.export() for m, w in self.modules.items()}
 
     def coefficient_table(self) -> dict[str, dict[str, dict[str, float]]]:
-        """module -> adapter name -> {"initial", "final"} normalised coefficient (present adapters only)."""
+        """module -> adapter name -> {"initial", "final"} normalised coefficient (present adapters only),
+        as the module uses it (with ``missing="exclude"``: renormalised over the module's adapters)."""
+        co = self.coefficients
         with torch.no_grad():
-            init = normalize_coefficients(self.initial, self.coefficients.mask, self.normalize)
-            final = self.coefficients().detach().cpu()
+            init = normalize_coefficients(self.initial, co.mask.cpu(), self.normalize, self.missing)
+            final = co().detach().cpu()
         out: dict[str, dict[str, dict[str, float]]] = {}
         for m, w in self.modules.items():
-            out[m] = {self.adapter_names[i]: {"initial": float(init[w.group, i]), "final": float(final[w.group, i])}
-                      for i in w.adapters}
+            ci, cf = init[w.group], final[w.group]
+            if self.missing == "exclude" and self.normalize == "softmax":
+                pres = w.present.cpu()
+                ci, cf = masked_softmax(self.initial[w.group], pres), co.row(w.group, w.present).detach().cpu()
+            out[m] = {self.adapter_names[i]: {"initial": float(ci[i]), "final": float(cf[i])} for i in w.adapters}
         return out
 
 
 def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granularity: str = "module",
-               normalize: str = "softmax", init: str | float | Sequence[float] = "uniform", seed: int = 0) -> CatHandle:
+               normalize: str = "softmax", init: str | float | Sequence[float] = "uniform", seed: int = 0,
+               missing: str = "share") -> CatHandle:
     """Wrap every module adapted by any adapter in a :class:`FusedConcatLinear`, in place.
 
     All model parameters are frozen (``requires_grad=False``); the only trainable parameter
     afterwards is ``model.cat_coefficients.logits`` (G, n). An adapter that does not adapt a module
-    is simply absent from that module's stack (ΔW = 0 there).
+    is simply absent from that module's stack (ΔW = 0 there); whether it still holds a softmax
+    share there is ``missing``.
 
     Args:
         model: a loaded base model (e.g. ``LlamaForCausalLM``); module paths as in
@@ -314,6 +362,8 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         normalize: ``softmax`` | ``none``.
         init: ``uniform`` | ``random`` | value(s) (see :func:`initial_logits`).
         seed: seed of ``random`` init.
+        missing: ``share`` (softmax over all n adapters in every module) | ``exclude`` (over the
+            adapters that have the module).
 
     Raises:
         ConfigError: fewer than 2 adapters, unknown option, model already wrapped.
@@ -326,6 +376,8 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         raise ConfigError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalize {normalize!r}; use one of {', '.join(NORMALIZATIONS)}")
+    if missing not in MISSING:
+        raise ConfigError(f"unknown missing {missing!r}; use one of {', '.join(MISSING)}")
     if hasattr(model, "cat_coefficients"):
         raise ConfigError("model already has CAT modules attached; call detach_cat first")
     from .loop import unique_names
@@ -364,7 +416,7 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         for i, _ in present[m]:
             mask[gidx[group_key(m, granularity)], i] = True
     logits = initial_logits(mask, normalize, init_p, seed)
-    coefs = CatCoefficients(logits, mask, groups, names, normalize)
+    coefs = CatCoefficients(logits, mask, groups, names, normalize, missing)
     for p in model.parameters():
         p.requires_grad_(False)
     device = next(model.parameters()).device
@@ -379,7 +431,7 @@ def attach_cat(model: nn.Module, adapters: Sequence[AdapterRecord], *, granulari
         wrappers[m] = w
         originals[m] = lin
     model.cat_coefficients = coefs  # registered as a submodule: model.parameters() yields the logits once
-    return CatHandle(coefs, wrappers, originals, names, granularity, normalize, init_p, logits.clone())
+    return CatHandle(coefs, wrappers, originals, names, granularity, normalize, init_p, logits.clone(), missing)
 
 
 def detach_cat(model: nn.Module, handle: CatHandle) -> None:

@@ -146,6 +146,18 @@ def split_examples(examples: list[dict], val_fraction: float, seed: int) -> tupl
     return ex[k:], ex[:k]
 
 
+def examples_digest(examples: Sequence[dict]) -> str:
+    """Hex SHA-256 of a *multiset* of tokenised examples (``input_ids`` and ``labels`` of each; order
+    does not count), so two procedures can show they trained on the same examples (CAT and the
+    fresh-LoRA control of :mod:`lorasoups.train.controls` record it)."""
+    import hashlib
+    import json
+
+    each = sorted(hashlib.sha256(json.dumps([list(e["input_ids"]), list(e.get("labels") or [])],
+                                            separators=(",", ":")).encode()).hexdigest() for e in examples)
+    return hashlib.sha256("".join(each).encode()).hexdigest()
+
+
 def batches(examples: list[dict], batch_size: int, seed: int, group_by_length: bool = False) -> Iterator[list[dict]]:
     """Endless stream of lists of ``batch_size`` examples: seeded shuffle per epoch (epoch e uses
     seed + e); the last short batch of an epoch is kept.
@@ -268,7 +280,15 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
     Each of ``max_steps`` optimiser steps runs ``grad_accum`` micro-batches of ``batch_size``
     examples per process (:func:`batches`; one global batch sliced across processes, see the module
     docstring); the micro-batch loss is Σ CE / (scored tokens of the global micro-batch), plus
-    ``aux_weight · aux_loss()`` when given (MoE load balancing, read after the forward). A
+    ``aux_weight · aux_loss()`` when given (MoE load balancing, read after the forward).
+    Weighted examples (every example carries ``"loss_weight"`` w_e > 0, a weight of each of its scored
+    tokens; CAT's ``mix=balanced``): the micro-batch loss is Σ_e w_e Σ_t CE_{e,t} / (batch_size · N)
+    over the global micro-batch of nominal size batch_size · N (N processes). The normaliser does not
+    depend on which examples share the batch, so over an epoch (every example once) the step losses
+    average to (1/n_train) Σ_e w_e Σ_t CE_{e,t} whatever the batching, ``grad_accum`` or
+    ``group_by_length`` (a short last batch of an epoch weighs less); a per-batch token mean would
+    instead cancel the weights in a batch that holds one kind of example. The weights carry any
+    per-token normalisation. A
     micro-batch without any scored token is skipped; a step with none does not step the optimiser.
     The learning rate follows ``transformers.get_scheduler(lr_scheduler, warmup_steps, max_steps)``
     (``linear`` with no warm-up: lr · (T - t) / T at step t, never 0 on the last step).
@@ -286,7 +306,8 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
         mean over the step's micro-batches.
 
     Raises:
-        DataError: no examples, or a non-finite loss.
+        DataError: no examples, some but not all examples weighted, a weight that is not > 0, or a
+            non-finite loss.
     """
     import torch
     from tqdm.auto import tqdm
@@ -298,6 +319,12 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
 
     if not train:
         raise DataError(f"{what}: no training examples")
+    n_weighted = sum("loss_weight" in e for e in train)
+    if n_weighted not in (0, len(train)):
+        raise DataError(f"{what}: {n_weighted} of {len(train)} examples carry a loss_weight; give it to all or none")
+    weighted = n_weighted > 0
+    if weighted and not all(float(e["loss_weight"]) > 0 for e in train):
+        raise DataError(f"{what}: every loss_weight must be > 0")
     world, rank = (dist.world, dist.rank) if dist else (1, 0)
     sched = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
     stream = batches(train, batch_size * world, seed, group_by_length)
@@ -322,19 +349,23 @@ def fit(model, params: list, train: list[dict], *, optimizer, pad_token_id: int,
                 n_glob = int(dist.sum(torch.tensor(n_loc, device=device))) if world > 1 else n_loc
                 if n_glob == 0:
                     continue  # nothing to predict in this micro-batch (all prompt tokens)
+                norm, w_rows = n_glob, None
+                if weighted:  # a weighted sum over the nominal global micro-batch
+                    w_rows = torch.tensor([float(e["loss_weight"]) for e in mine] if mine else [])
+                    norm = batch_size * world
                 s = torch.zeros((), device=device)
                 aux = None
                 if n_loc:
                     if before_forward is not None:
                         before_forward(b)
                     with autocast(precision, device):
-                        s, _ = lm_loss_sum(model, b)
+                        s, _ = lm_loss_sum(model, b) if w_rows is None else lm_loss_sum(model, b, weights=w_rows)
                     aux = aux_loss() if aux_loss is not None else None
-                    loss = s / n_glob * world + (aux_weight * aux if aux is not None else 0.0)
+                    loss = s / norm * world + (aux_weight * aux if aux is not None else 0.0)
                     if not torch.isfinite(loss):
                         raise DataError(f"{what}: non-finite loss at step {step + 1}; try a smaller learning_rate")
                     (loss / grad_accum).backward()
-                ces.append(float((dist.sum(s.detach().float()) if world > 1 else s.detach()) / n_glob))
+                ces.append(float((dist.sum(s.detach().float()) if world > 1 else s.detach()) / norm))
                 auxes.append(None if aux is None else float(aux.detach()))
             if ces:
                 if dist is not None:

@@ -35,12 +35,16 @@ def _plain_head(model: nn.Module):
     return decoder, head
 
 
-def _chunk_ce_sum(head: nn.Linear, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Summed fp32 cross-entropy of ``head(h)`` (rows, vocab) against ``tgt`` (rows,)."""
-    return F.cross_entropy(head(h).float(), tgt, reduction="sum")
+def _chunk_ce_sum(head: nn.Linear, h: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed fp32 cross-entropy of ``head(h)`` (rows, vocab) against ``tgt`` (rows,); with ``w``
+    (rows,) fp32 the sum of ``w`` times each row's cross-entropy."""
+    if w is None:
+        return F.cross_entropy(head(h).float(), tgt, reduction="sum")
+    return (F.cross_entropy(head(h).float(), tgt, reduction="none") * w).sum()
 
 
-def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, int]:
+def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy (nats) over the label tokens of a batch, and their count.
 
     Args:
@@ -50,6 +54,9 @@ def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK) -> tu
         batch: ``input_ids`` (b, T) long, optional ``attention_mask`` (b, T), ``labels`` (b, T) long
             with -100 where a token is not scored (prompt, padding). Label t is predicted at t-1.
         chunk: scored positions per head + cross-entropy chunk (bounds the fp32 logits memory).
+        weights: optional (b,) fp32 weight of each row's tokens: the sum becomes
+            Σ_rows w_row Σ_tokens CE (a weighted objective, e.g. CAT's ``mix=balanced``); n is
+            still the plain token count. None: the unweighted sum (same code path as before).
 
     Returns:
         (loss sum as a 0-d fp32 tensor, number of scored tokens n). Divide by n for the mean, which
@@ -61,10 +68,12 @@ def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK) -> tu
     n = int(sel.sum())
     if n == 0:
         return torch.zeros((), dtype=torch.float32, device=ids.device), 0
+    # per scored token: the weight of its row, (n,) fp32
+    w = None if weights is None else weights.to(device=ids.device, dtype=torch.float32)[:, None].expand_as(sel)[sel]
     parts = _plain_head(model)
     if parts is None:
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]   # (n, vocab)
-        return F.cross_entropy(logits.float(), tgt[sel], reduction="sum"), n
+        return _chunk_ce_sum(nn.Identity(), logits, tgt[sel], w), n
     decoder, head = parts
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state       # (b, T, d)
     h = hidden[:, :-1][sel]                                                      # (n, d)
@@ -74,10 +83,11 @@ def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK) -> tu
     total = None
     for i in range(0, n, chunk):
         hc, tc = h[i:i + chunk], t[i:i + chunk]
+        wc = None if w is None else w[i:i + chunk]
         if grad and n > chunk:
-            s = torch.utils.checkpoint.checkpoint(_chunk_ce_sum, head, hc, tc, use_reentrant=False)
+            s = torch.utils.checkpoint.checkpoint(_chunk_ce_sum, head, hc, tc, wc, use_reentrant=False)
         else:
-            s = _chunk_ce_sum(head, hc, tc)
+            s = _chunk_ce_sum(head, hc, tc, wc)
         total = s if total is None else total + s
     return total, n
 

@@ -54,6 +54,11 @@ class CatOptions(FitOptions):
     granularity: Literal["module", "layer", "global"] = opt("module", "one coefficient per adapter per module, layer or globally")
     normalize: Literal["softmax", "none"] = opt("softmax", "softmax across adapters (reference code) or raw (paper formula)")
     init: str | float | list[float] = opt("uniform", "uniform, random (seeded normal logits), a number or n numbers")
+    mix: Literal["pooled", "balanced"] = opt("pooled", "training objective over the skill data: pooled = token mean over "
+                                             "the concatenated mix; balanced = mean over skills (data specs) of each "
+                                             "skill's token mean")
+    missing: Literal["share", "exclude"] = opt("share", "a module some adapter lacks: share = softmax over all adapters "
+                                               "(the absent one keeps a share); exclude = over the adapters present")
     learning_rate: float = opt(5e-2, "Adam learning rate of the coefficient logits", gt=0)
     skip_long_prompts: bool = opt(True, "drop records whose prompt does not fit cutoff_len (else: error)")
     no_train: bool = opt(False, "export the initial coefficients (the static controls); no data needed")
@@ -185,3 +190,34 @@ class TrainOptions(Spec):
 
 class DataMixOptions(TrainOptions):
     """DATA-MIX (LoRA Soups §4): one LoRA on the union of the skills' data; ``weights`` mix them."""
+
+
+class RandomLikeOptions(Spec):
+    """How the random-like LoRAs of the ``cat_random`` control are drawn (:mod:`lorasoups.train.random_like`)."""
+
+    random_norm: Literal["delta", "factors"] = opt(
+        "delta", "per module, match ||A|| and ||ΔW|| = ||s·BA|| of the original (delta) or ||A|| and ||B|| (factors)")
+    random_seed: int | None = opt(None, "seed of the Gaussian draws (adapter i gets its own seed from it); "
+                                        "none: the procedure's seed")
+
+
+class CatRandomOptions(CatOptions, RandomLikeOptions):
+    """CAT over random-like LoRAs of the skill LoRAs (same shapes, scales and norms): CAT's options
+    plus :class:`RandomLikeOptions`. In an experiment config, ``cat`` names the CAT row whose options,
+    skills and data it copies (filled in by config validation); ``cat: null`` uses its own options."""
+
+    cat: str | None = opt("cat", "label of the CAT row whose options, skills and data it copies (none: its own)")
+
+
+class CatDataLoraOptions(TrainOptions):
+    """A fresh LoRA trained on exactly the examples and steps of a CAT row (``lora_cat_data``).
+
+    LoRA shape and optimiser (r, lora_alpha, lora_dropout, target_modules, learning_rate, warmup_steps,
+    lr_scheduler, weight_decay, max_grad_norm, precision, ...) come from the experiment's ``train``
+    block and may be overridden here; the data and the step count come from the CAT row named by
+    ``cat`` (:data:`lorasoups.train.controls.FROM_CAT`), filled in as ``cat_options`` by config validation.
+    """
+
+    cat: str = opt("cat", "label of the CAT row whose data, example draw, batch size and steps this LoRA copies")
+    cat_options: dict | None = opt(None, "that CAT row's options (filled in by config validation, not set by hand)",
+                                   cli=False)

@@ -179,6 +179,7 @@ def _comparable(options: dict[str, Any]) -> dict[str, Any]:
 def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume: bool = False,
                overwrite: bool = False, keep_checkpoints: bool = False, progress: bool = True,
                callbacks: Sequence[Any] | None = None, threads: int | None = None, device: str = "auto",
+               prepared: tuple[Any, list[dict], list[dict]] | None = None, extra_info: dict[str, Any] | None = None,
                **options: Any) -> Path:
     """Train one LoRA on ``data`` (one spec: a skill LoRA; several: DATA-MIX) and save it to ``out``.
 
@@ -195,6 +196,12 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
         threads: ``torch.set_num_threads`` for this process (CPU); None leaves it as it is.
         device: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N`` (single process:
             ``torch.cuda.set_device(N)``; under torchrun each rank takes its LOCAL_RANK's GPU).
+        prepared: examples a caller has already drawn from ``data`` with the same tokenizer, as
+            ``(TrainingData, train examples, validation examples)``: used as they are instead of
+            loading ``data`` and splitting by ``val_fraction`` (the fresh-LoRA control trains on
+            exactly CAT's examples this way, :mod:`lorasoups.train.controls`).
+        extra_info: keys added to (or replacing in) ``train_info.json``; read after training, so a
+            callback may fill it.
         **options: :class:`TrainOptions` fields (``r``, ``lora_alpha``, ``learning_rate``, ...).
 
     Returns:
@@ -233,18 +240,24 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
     precision, precision_reason = resolve_precision(opts.precision, device)
 
     tokenizer = load_tokenizer(base)
-    td = load_training_data(specs, tokenizer, cutoff_len=opts.cutoff_len, max_samples=opts.max_samples,
-                            fraction=opts.fraction, seed=opts.seed, train_on_inputs=opts.train_on_inputs,
-                            data_dir=opts.data_dir, text_overlap=opts.text_overlap,
-                            skip_long_prompts=opts.skip_long_prompts, long_responses=opts.long_responses)
-    for line in td.cut_report():
-        print(f"train: data: {line}", flush=True)
+    if prepared is None:
+        td = load_training_data(specs, tokenizer, cutoff_len=opts.cutoff_len, max_samples=opts.max_samples,
+                                fraction=opts.fraction, seed=opts.seed, train_on_inputs=opts.train_on_inputs,
+                                data_dir=opts.data_dir, text_overlap=opts.text_overlap,
+                                skip_long_prompts=opts.skip_long_prompts, long_responses=opts.long_responses)
+        for line in td.cut_report():
+            print(f"train: data: {line}", flush=True)
+    else:
+        td = prepared[0]
     check_not_input(out, list(dict.fromkeys(td.files)) + ([base_path] if Path(base_path).exists() else []))
-    examples = td.examples
-    n_val = int(round(len(examples) * opts.val_fraction)) if opts.val_fraction > 0 else 0
-    if n_val and len(examples) - n_val < 1:
-        raise ConfigError(f"val_fraction {opts.val_fraction} leaves no training examples out of {len(examples)}")
-    train_set, val_set = examples[: len(examples) - n_val], examples[len(examples) - n_val:]
+    if prepared is None:
+        examples = td.examples
+        n_val = int(round(len(examples) * opts.val_fraction)) if opts.val_fraction > 0 else 0
+        if n_val and len(examples) - n_val < 1:
+            raise ConfigError(f"val_fraction {opts.val_fraction} leaves no training examples out of {len(examples)}")
+        train_set, val_set = examples[: len(examples) - n_val], examples[len(examples) - n_val:]
+    else:
+        train_set, val_set = list(prepared[1]), list(prepared[2])
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     work = work_dir_for(out)
@@ -395,6 +408,7 @@ def train_lora(base: str, data: Sequence[str], out: str | os.PathLike, *, resume
             "provenance": provenance(),
             "torch_threads": torch.get_num_threads(),
         }
+        info.update(extra_info or {})
         with atomic_dir(out, overwrite=overwrite) as tmp:
             # save_embedding_layers=False: the vocabulary is never changed here; "auto" would look the
             # recorded base id up on the hub just to check that
