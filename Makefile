@@ -22,7 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lorasoups run configs/math_code.yaml --preset cpu --out runs/math_code_cpu
 
-# The fast test suite (tiny random Llama; about 2.5 minutes on 2 cores).
+# The fast test suite (tiny random Llama; about 3 minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
