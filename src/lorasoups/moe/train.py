@@ -107,7 +107,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     from ..io.card import data_checksums
     from ..models import load_base
     from ..paths import check_not_input
-    from ..train.loop import Dist, eval_loss, is_examples, resolve_precision, split_examples, steps_for, unique_names
+    from ..train.loop import Dist, eval_loss, load_mix, resolve_precision, split_examples, steps_for, unique_names
     from .folder import save_moe_folder
     from .model import attach_moe, init_routers, parse_router_layers, routed_modules, router_parameters
 
@@ -146,19 +146,7 @@ def train_moe(base: str, adapters: Sequence[str | os.PathLike], data: Sequence[A
     layers = attach_moe(model, records, top_k=o.top_k, routed=routed)
     init_routers(layers, o.router_init_std, seed)
 
-    examples = data if is_examples(data) else None
-    data_stats = None
-    if examples is None:
-        from ..train.data import load_training_data
-
-        td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples, fraction=o.fraction,
-                                seed=seed, data_dir=data_dir, long_responses=o.long_responses)
-        examples = td.examples
-        data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
-        for line in td.cut_report():
-            print(f"moe: data: {line}", flush=True)
-    if not examples:
-        raise DataError(f"MoE: the data {data[:5]} gave no training examples")
+    examples, data_stats, _ = load_mix(data, tok, o, seed=seed, data_dir=data_dir, what="MoE")
     train_ex, val_ex = split_examples(list(examples), o.val_fraction, seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     n_steps = steps_for(len(train_ex), batch_size=o.batch_size, grad_accum=o.grad_accum, epochs=o.epochs,

@@ -168,24 +168,11 @@ def cat_examples(data: Sequence[Any], tok: Any, o: CatOptions, *, data_dir: str 
     Raises:
         DataError: the data cannot be loaded or gives no examples.
     """
-    from .loop import is_examples, split_examples
+    from .loop import load_mix, split_examples
     from .mix import tag_skills
 
-    data_stats = td = None
-    if is_examples(data):
-        examples = list(data)
-    else:
-        from .data import load_training_data
-
-        td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples,
-                                fraction=o.fraction, seed=o.seed, data_dir=data_dir,
-                                skip_long_prompts=o.skip_long_prompts, long_responses=o.long_responses)
-        examples = td.examples
-        data_stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
-        for line in td.cut_report():
-            print(f"{what.lower()}: data: {line}", flush=True)
-    if not examples:
-        raise DataError(f"{what}: the data {data} gave no training examples")
+    examples, data_stats, td = load_mix(data, tok, o, seed=o.seed, data_dir=data_dir, what=what,
+                                        skip_long_prompts=o.skip_long_prompts)
     # each example carries its skill index ("skill") for the mix objective (:mod:`lorasoups.train.mix`)
     examples = tag_skills(examples, td.origin if td is not None else None)
     train_ex, val_ex = split_examples(examples, o.val_fraction, o.seed)

@@ -135,6 +135,36 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+def load_mix(data: Sequence[Any], tok: Any, o: Any, *, seed: int, data_dir: str | None = None, what: str = "CAT",
+             **extra: Any) -> tuple[list[dict], dict | None, Any]:
+    """The skill mix a learned merge trains on: ``data`` specs loaded by
+    :func:`~lorasoups.train.data.load_training_data` with the options' ``cutoff_len``, ``max_samples``,
+    ``fraction`` and ``long_responses`` (``extra``: further keyword arguments, e.g.
+    ``skip_long_prompts``), length cuts printed as ``<what>: data: ...``; or already tokenised examples.
+
+    Returns:
+        ``(examples, data_stats, td)``: the examples, per-source counts and cuts (None for tokenised
+        input) and the loaded :class:`~lorasoups.train.data.TrainingData` (None for tokenised input).
+
+    Raises:
+        DataError: the data cannot be loaded or gives no examples.
+    """
+    if is_examples(data):
+        examples, stats, td = list(data), None, None
+    else:
+        from .data import load_training_data
+
+        td = load_training_data(data, tok, cutoff_len=o.cutoff_len, max_samples=o.max_samples, fraction=o.fraction,
+                                seed=seed, data_dir=data_dir, long_responses=o.long_responses, **extra)
+        examples = td.examples
+        stats = {"sources": [x.as_dict() for x in td.sources], **td.cut_summary()}
+        for line in td.cut_report():
+            print(f"{what.lower()}: data: {line}", flush=True)
+    if not examples:
+        raise DataError(f"{what}: the data {list(data)[:5]} gave no training examples")
+    return examples, stats, td
+
+
 def split_examples(examples: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Shuffle (seeded) and hold out ``round(val_fraction * N)`` examples (at least 1 when
     ``val_fraction > 0`` and N ≥ 2) for the validation loss of the mix. Returns (train, val)."""
