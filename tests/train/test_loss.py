@@ -92,3 +92,32 @@ def test_trainer_loss_equals_model_loss(tiny_dir, tmp_path):
         assert half == pytest.approx(float(ref) / 2, abs=1e-5)
         loss, out = tr.compute_loss(model, b, return_outputs=True)
         assert out["loss"] is loss
+
+
+
+def test_chunk_rows_shrink_with_the_vocabulary(tiny_dir, monkeypatch):
+    """The head runs on at most LOGITS_BUDGET // vocab rows at a time (a large vocabulary gets
+    smaller chunks: 192 rows for Gemma 3's 262,144 tokens), and the loss is the same however it is
+    chunked."""
+    from lorasoups.train import loss as L
+
+    model = _peft(tiny_dir)
+    vocab = model.config.vocab_size
+    b = _batch(vocab)
+    n_scored = int((b["labels"][:, 1:] != -100).sum())
+    seen = []
+    real = L._chunk_ce_sum
+
+    def spy(head, h, t, w=None):
+        seen.append(h.shape[0])
+        return real(head, h, t, w)
+
+    monkeypatch.setattr(L, "_chunk_ce_sum", spy)
+    with torch.no_grad():
+        ref, _ = L.lm_loss_sum(model, b, chunk=1024)
+        assert seen == [n_scored]  # the default budget holds every scored row of this small vocabulary
+        seen.clear()
+        monkeypatch.setattr(L, "LOGITS_BUDGET", 10 * vocab)  # room for 10 rows of logits per chunk
+        got, _ = L.lm_loss_sum(model, b, chunk=1024)
+    assert seen == [10] * (n_scored // 10) + ([n_scored % 10] if n_scored % 10 else [])
+    assert float(got) == pytest.approx(float(ref), rel=1e-5)

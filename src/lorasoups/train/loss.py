@@ -15,6 +15,7 @@ from torch import nn
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 1024  # scored positions per head + cross-entropy chunk: 1024 × 49152 fp32 = 192 MiB
+LOGITS_BUDGET = 1024 * 49152  # fp32 logits per chunk (192 MiB): large vocabularies get fewer rows per chunk
 
 
 def _plain_head(model: nn.Module):
@@ -53,7 +54,8 @@ def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK,
             scored positions, ``chunk`` rows at a time; otherwise the model's full logits are used.
         batch: ``input_ids`` (b, T) long, optional ``attention_mask`` (b, T), ``labels`` (b, T) long
             with -100 where a token is not scored (prompt, padding). Label t is predicted at t-1.
-        chunk: scored positions per head + cross-entropy chunk (bounds the fp32 logits memory).
+        chunk: scored positions per head + cross-entropy chunk (bounds the fp32 logits memory); at most
+            ``LOGITS_BUDGET // vocab`` (192 MiB of fp32 logits: 1,024 rows for SmolLM2, 192 for Gemma 3).
         weights: optional (b,) fp32 weight of each row's tokens: the sum becomes
             Σ_rows w_row Σ_tokens CE (a weighted objective, e.g. CAT's ``mix=balanced``); n is
             still the plain token count. None: the unweighted sum (same code path as before).
@@ -80,6 +82,8 @@ def lm_loss_sum(model: nn.Module, batch: dict, chunk: int = DEFAULT_CHUNK,
     t = tgt[sel]                                                                 # (n,)
     del hidden
     grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    chunk = max(1, min(chunk, LOGITS_BUDGET // max(1, vocab)))  # Gemma 3 (262,144 tokens): 192 rows
     total = None
     for i in range(0, n, chunk):
         hc, tc = h[i:i + chunk], t[i:i + chunk]
