@@ -35,9 +35,14 @@ def _run_smoke(name: str, smollm2_dir: Path, out: Path) -> dict:
 def test_math_code_smoke(smollm2_dir, tmp_path):
     doc = _run_smoke("math_code", smollm2_dir, tmp_path / "run")
     assert {"base", "math", "code", "data_mix", "linear", "ties", "dare_ties", "dare_linear", "knots", "core_space",
-            "lorahub", "moe", "cat", "cat_uniform", "cat_sum"} == set(doc["methods"])
+            "lorahub", "moe", "cat", "cat_uniform", "cat_sum", "cat_random", "lora_cat_data"} == set(doc["methods"])
     # programs were generated and executed in the sandbox
     assert doc["results"]["code"]["gsm_hard"]["metrics"]["exec_acc"]["n"] == 4
+    # CAT's fresh-LoRA control trained on exactly CAT's examples (digest of the token ids)
+    methods = tmp_path / "run" / "methods"
+    control = json.loads((methods / "lora_cat_data" / "train_info.json").read_text())["control"]
+    cat = json.loads((methods / "cat" / "cat_options.json").read_text())["resolved"]
+    assert control["train_examples_sha256"] == cat["train_examples_sha256"]
 
 
 @pytest.mark.slow
