@@ -3,7 +3,6 @@ device string), base-model identity (canonical hub ids), eval picking the adapte
 mismatches naming both bases, model cards in every output folder, hub ids for --adapters."""
 import dataclasses
 import json
-import shutil
 
 import pytest
 import torch
@@ -18,12 +17,7 @@ SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_ID = "lorasoups-test/tiny-llama"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

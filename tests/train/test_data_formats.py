@@ -4,7 +4,6 @@ last assistant turn), CSV/TSV/Parquet files, field mapping in the data spec; a f
 import json
 
 import pytest
-import torch
 
 from lorasoups.errors import ConfigError, DataError
 from lorasoups.models.tiny import build_tiny_tokenizer
@@ -110,14 +109,6 @@ def test_csv_tsv_and_parquet(tmp_path, tok):
     pq.write_table(pa.Table.from_pylist(CHAT * 2 + [dict(CHAT[0])]), p)
     src = load_source(str(p))
     assert src.format == "messages" and len(src.examples) == 3 and src.examples[0].output == "Green"
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_each_format_trains(tmp_path, tiny_dir, one_thread):

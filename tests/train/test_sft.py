@@ -16,13 +16,7 @@ from lorasoups.provenance import sha256_file
 from lorasoups.testing import base_plus_delta_logits, peft_logits
 from lorasoups.train.sft import train_lora, work_dir_for
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are far faster on one thread, above all on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = dict(batch_size=4, cutoff_len=96, learning_rate=5e-3, warmup_steps=2, progress=False)
