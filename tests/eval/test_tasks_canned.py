@@ -173,3 +173,19 @@ def test_prompt_formats_no_count_at_all(fake_data, tiny_dir):
     assert m["acc"]["value"] == 0.0 and m["no_count"]["value"] == 1.0
     assert m["pred_majority_rate"]["value"] == 0.0 and m["pred_majority_rate"]["class"] is None
     assert m["pred_majority_rate"]["n"] == 12
+
+
+def test_bio_qa_in_text_keeps_the_questions_with_a_passage(tmp_path):
+    recs = [{"instruction": "Q0?", "answer": "A0", "context": "Passage zero."},
+            {"instruction": "Q1?", "answer": "A1", "context": ""},
+            {"instruction": "Q2?", "answer": "A2", "context": "Passage two."},
+            {"instruction": "Q3?", "answer": "A3"}]
+    f = tmp_path / "lora_soups/test_datasets/qa/biology_test.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps(recs))
+    full = get_task("bio_qa").load_items(tmp_path)
+    part = get_task("bio_qa_in_text").load_items(tmp_path)
+    assert [it.id for it in full] == ["bio_qa-0", "bio_qa-1", "bio_qa-2", "bio_qa-3"]
+    # the index in the full set is kept, so the two tasks' items pair up
+    assert [(it.id, it.gold) for it in part] == [("bio_qa_in_text-0", "A0"), ("bio_qa_in_text-2", "A2")]
+    assert [it.id for it in get_task("bio_qa_in_text").load_items(tmp_path, limit=1)] == ["bio_qa_in_text-0"]

@@ -46,7 +46,7 @@ def _gain(value: float, base: float, better: str) -> float:
 
 
 def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Super-linearity per target column and composite method, and paired differences of every
+    """Super-linearity and composition per target column and composite method, and paired differences of every
     method vs the base model, vs the best single-skill LoRA on every column, vs the best closed-form
     (static) merge on every column (kind ``merge``; chosen on the same items, so the comparison
     favours it), and vs each method named in the config's ``report.compare_to`` (where per-item
@@ -55,6 +55,14 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
     Args:
         doc: a results document (``results.json``): needs ``methods``, ``columns``, ``results``,
             and for paired differences ``samples`` (paths relative to ``run_dir``).
+
+    Returns:
+        dict: ``superlinearity`` (gain over the base vs the sum of the single skills' gains),
+        ``composition`` (per target column and composite method: its paired difference vs each of
+        its own single-skill rows, oriented so that positive = better, and ``composes`` = better
+        than every one of them beyond 1.96 paired standard errors — a combination that beats both
+        skills alone, issue #15's composition effect), ``paired`` (vs base, best single, best
+        closed-form merge and ``report.compare_to``).
     """
     methods = doc.get("methods", {})
     results = doc.get("results", {})
@@ -73,7 +81,7 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
             return {}
         return item_scores(run_dir / rel, metric)
 
-    out: dict[str, Any] = {"superlinearity": [], "paired": []}
+    out: dict[str, Any] = {"superlinearity": [], "composition": [], "paired": []}
     for c in columns:
         task, metric, better = c["task"], c["metric"], c.get("better", "higher")
         cells = {m: metric_value(results, m, task, metric) for m in methods}
@@ -109,6 +117,18 @@ def analyse(doc: dict[str, Any], run_dir: str | Path | None = None) -> dict[str,
                     ex = mean_stderr([sign * ((sm[k] - sb[k]) - sum(x[k] - sb[k] for x in ss)) for k in common])
                     row["excess_stderr"], row["excess_n"] = ex.stderr, ex.n
                 out["superlinearity"].append(row)
+                # composition: the merge vs each of its own single skills, paired on the same items
+                vs = []
+                for s_row, s_sc in zip(single_rows, ss):
+                    pd = paired_difference(sm, s_sc)
+                    if pd.n < 2:
+                        break
+                    d = pd.value if better == "higher" else -pd.value
+                    vs.append({"single": s_row, "gain": d, "stderr": pd.stderr, "n": pd.n,
+                               "beyond": d > 0 and d >= 1.96 * pd.stderr and pd.stderr > 0})
+                else:
+                    out["composition"].append({"column": c["label"], "method": m, "vs": vs,
+                                               "composes": all(v["beyond"] for v in vs)})
         # paired differences vs base and vs the best single skill
         if better == "none":
             continue

@@ -118,7 +118,7 @@ def _matrix(rows: list[str], cols: list[str], cell: dict[tuple[str, str], str], 
 
 
 def analysis_markdown(doc: dict[str, Any]) -> str:
-    """Markdown sections for the super-linearity check and the paired differences (one row per
+    """Markdown sections for the super-linearity check, the composition check and the paired differences (one row per
     method, one column per table column)."""
     an = doc.get("analysis") or {}
     methods = list(doc.get("methods") or {})
@@ -147,6 +147,20 @@ def analysis_markdown(doc: dict[str, Any]) -> str:
         parts += _matrix(methods, cols, cell, "method")
         parts.append("")
         parts.append("Single-skill gains: " + "; ".join(f"{c}: {v}" for c, v in singles.items()) + ".\n")
+    co = an.get("composition") or []
+    if co:
+        cols = list(dict.fromkeys(r["column"] for r in co))
+        cell = {}
+        for r in co:
+            parts_ = [f"{v['gain']:+.3f} ± {v['stderr']:.3f} vs {v['single']}" for v in r["vs"]]
+            cell[(r["method"], r["column"])] = "; ".join(parts_) + (" **yes**" if r["composes"] else " no")
+        parts.append("## Composition check\n")
+        parts.append("Does a combination beat every one of its single-skill LoRAs on the target? Each cell: the "
+                     "paired difference (method − single skill, over the same items, oriented so that positive = "
+                     "better) ± its standard error, per single skill; **yes** = better than each beyond 1.96 "
+                     "standard errors.\n")
+        parts += _matrix(methods, cols, cell, "method")
+        parts.append("")
     pr = an.get("paired") or []
     if pr:
         parts.append("## Paired differences\n")

@@ -22,7 +22,9 @@ fields of the records):
   response being ``"the correct answer is <answer>"`` as in that set's ``output`` field.
 - ``text``: raw text for continued pre-training: the whole corpus is tokenised once, cut into
   windows of ``cutoff_len`` tokens that overlap by ``text_overlap`` tokens and together cover every
-  token (:func:`chunk_spans`), with the loss on every token.
+  token (:func:`chunk_spans`), with the loss on every token. ``shuffled_copies=K`` appends K
+  copies of every document (blank-line separated block) with its sentences in a seeded random
+  order before chunking (:mod:`lorasoups.train.restate`; a knowledge-injection augmentation).
 
 Files: ``.json`` (a list) and ``.jsonl``, ``.csv`` / ``.tsv`` and ``.parquet``
 (:func:`lorasoups.datasets.read_records`). Field mapping: ``FIELD=COLUMN`` keys in the spec read a
@@ -54,6 +56,7 @@ from .formats import (FIELD_KEYS, ROLES, SQUAD_INSTRUCTION, SQUAD_RESPONSE, Text
                       record_to_example, render_messages)
 from .formats import _detect_format
 
+from .restate import shuffled_copies
 from .data_specs import FORMATS, SPEC_KEYS, DataSpec, parse_data_spec, with_weights  # noqa: F401
 from .encode import (DEFAULT_TEXT_OVERLAP, _rng, chunk_spans, encode_example, mix_counts, select_count,  # noqa: F401
                      select_indices, take_with_repeat, text_chunks, tokenize_text)
@@ -143,12 +146,16 @@ def load_source(spec: str | DataSpec, data_dir: str | Path | None = None) -> Loa
                 raise DataError(f"{path}: cannot read as UTF-8 text: {e}") from None
         if not text.strip():
             raise DataError(f"{path}: empty dataset (no text)")
+        if spec.shuffled_copies:
+            text = shuffled_copies(text, spec.shuffled_copies)
         src.text = text
         return src
     if fmt == "squad" and (cat is not None and DATASETS.get(cat).fmt == "squad" or _is_nested_squad(path)):
         records = squad_records(path)
     else:
         records = read_records(path)
+    if spec.shuffled_copies:
+        raise DataError(f"{path}: shuffled_copies applies to raw text (format=text), not to {fmt} records")
     src.n_records = len(records)
     if not records:
         raise DataError(f"{path}: empty dataset (no records)")

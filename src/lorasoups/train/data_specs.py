@@ -17,7 +17,7 @@ from ..registry import suggest
 from .formats import FIELD_KEYS
 
 FORMATS = ("auto", "instruction", "prompt_completion", "messages", "qa", "mbpp", "squad", "text")
-SPEC_KEYS = ("max_samples", "fraction", "weight", "format")
+SPEC_KEYS = ("max_samples", "fraction", "weight", "format", "shuffled_copies")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class DataSpec:
         fraction: keep this fraction (0 < f <= 1) of the examples, at least one.
         weight: mixing weight in DATA-MIX (see module docstring); None = plain union.
         format: record format, one of :data:`FORMATS`.
+        shuffled_copies: raw text only: this many extra copies of each document with its
+            sentences in a seeded random order (:func:`lorasoups.train.restate.shuffled_copies`).
         fields: field mapping ``((field, column), ...)``: the record's ``field`` is read from
             ``column`` (keys of :data:`FIELD_KEYS`).
     """
@@ -39,6 +41,7 @@ class DataSpec:
     fraction: float | None = None
     weight: float | None = None
     format: str = "auto"
+    shuffled_copies: int | None = None
     fields: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
@@ -60,7 +63,7 @@ def parse_data_spec(spec: str | DataSpec) -> DataSpec:
     """Parse ``SOURCE[:key=value,key=value]`` into a :class:`DataSpec`.
 
     Keys: ``max_samples`` (int >= 1), ``fraction`` (0 < f <= 1), ``weight`` (> 0), ``format``
-    (one of :data:`FORMATS`), and field mappings ``FIELD=COLUMN`` for the fields of
+    (one of :data:`FORMATS`), ``shuffled_copies`` (int >= 1; raw text only), and field mappings ``FIELD=COLUMN`` for the fields of
     :data:`FIELD_KEYS` (e.g. ``prompt=question,completion=answer``). A colon whose tail is not
     ``key=value`` pairs is part of the path.
 
@@ -99,13 +102,17 @@ def parse_data_spec(spec: str | DataSpec) -> DataSpec:
             kw["fraction"] = float(opts["fraction"])
             if not 0 < kw["fraction"] <= 1:
                 raise ValueError
+        if "shuffled_copies" in opts:
+            kw["shuffled_copies"] = int(opts["shuffled_copies"])
+            if kw["shuffled_copies"] < 1:
+                raise ValueError
         if "weight" in opts:
             kw["weight"] = float(opts["weight"])
             if not (kw["weight"] > 0 and math.isfinite(kw["weight"])):
                 raise ValueError
     except ValueError:
-        raise ConfigError(f"data spec {spec!r}: bad value; max_samples is an integer >= 1, fraction is in "
-                          "(0, 1], weight is a positive number") from None
+        raise ConfigError(f"data spec {spec!r}: bad value; max_samples and shuffled_copies are integers "
+                          ">= 1, fraction is in (0, 1], weight is a positive number") from None
     if "format" in opts:
         if opts["format"] not in FORMATS:
             raise ConfigError(f"data spec {spec!r}: unknown format {opts['format']!r}"
