@@ -102,3 +102,33 @@ def test_base_row_is_left_out_and_a_column_where_only_base_differs_is_dropped():
     panels = forest_panels(doc)
     assert [p["column"] for p in panels] == ["NLL"]
     assert [r["method"] for r in panels[0]["rows"]] == ["cat"]
+
+
+@pytest.mark.parametrize("n_rows", [3, 14])
+def test_figure_title_does_not_overlap_the_top_panels(n_rows, tmp_path):
+    """save_figure keeps a band for the figure title: its box and the top axes' titles are disjoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorasoups.report.plot import save_figure
+
+    fig, axes = plt.subplots(4, 2, figsize=(11.2, (0.28 * n_rows + 1.2) * 4 + 0.5))
+    for ax in axes.flat:
+        ax.plot(range(n_rows), range(n_rows))
+        ax.set_title("QABot ROUGE-L vs linear", fontsize=8.5)
+    seen = {}
+    real_savefig = fig.savefig
+
+    def spy(path, **kw):
+        real_savefig(path, **kw)
+        renderer = fig.canvas.get_renderer()
+        seen["sup"] = fig._suptitle.get_window_extent(renderer)
+        seen["titles"] = [ax.title.get_window_extent(renderer) for ax in axes[0]]
+
+    fig.savefig = spy
+    save_figure(fig, tmp_path / "f.png", "a long figure title: every method vs the reference rows, same items")
+    assert seen, "save_figure did not save"
+    for box in seen["titles"]:
+        assert box.y1 <= seen["sup"].y0, (box, seen["sup"])

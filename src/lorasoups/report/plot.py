@@ -72,7 +72,10 @@ def save_figure(fig: Any, out: str | Path, suptitle: str, fontsize: float = 10) 
     import matplotlib.pyplot as plt
 
     fig.suptitle(suptitle, fontsize=fontsize)
-    fig.tight_layout()
+    # keep a band of about 0.45 inch at the top for the title: tight_layout alone lets the top
+    # row's axes titles run into it on tall figures
+    top = 1.0 - min(0.25, 0.45 / max(fig.get_figheight(), 1e-6))
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
